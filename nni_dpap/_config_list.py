@@ -1,0 +1,97 @@
+"""Validation of NNI ``config_list`` entries for DPAP (NNI glue, no algorithm)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from nni.compression.base.config import select_modules_by_config
+from torch import nn
+
+from .errors import ConfigError, UnsupportedModuleError
+from .graph import PRUNABLE_TYPES
+
+__all__ = ["select_targets", "SUPPORTED_OP_TYPES"]
+
+SUPPORTED_OP_TYPES = tuple(t.__name__ for t in PRUNABLE_TYPES)
+_SELECT_KEYS = ("op_types", "op_names", "op_names_re")
+_ALLOWED_KEYS = set(_SELECT_KEYS) | {"exclude_op_types", "exclude_op_names", "exclude_op_names_re"}
+_SPARSITY_KEYS = {
+    "sparse_ratio", "sparse_threshold", "max_sparse_ratio", "min_sparse_ratio", "sparsity",
+    "sparsity_per_layer", "total_sparsity", "max_sparsity_per_layer", "global_group_id",
+    "dependency_group_id", "granularity", "target_names", "target_settings", "apply_method",
+    "internal_metric_block", "align", "exclude",
+}
+
+
+def _check_entry(index: int, entry: Any) -> None:
+    where = f"config_list[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a dict such as {{'op_types': ['Conv2d', 'Linear']}}, got {entry!r}")
+    for key, value in entry.items():
+        if key in _SPARSITY_KEYS:
+            raise ConfigError(
+                f"{where} has {key!r}, which DPAP does not use: DPAP has no target sparsity, the pruning "
+                "rate emerges from its survival rule. Remove the key; to prune more or less change the "
+                "rule's eps / eta (e.g. DPAPPruner(..., hparams={'conv_eps': 0.8, 'linear_eps': 2.0}))."
+            )
+        if key not in _ALLOWED_KEYS:
+            raise ConfigError(f"{where} has unknown key {key!r}; DPAP accepts {sorted(_ALLOWED_KEYS)}")
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}[{key!r}] must be a list of strings, got {value!r}")
+    if not any(entry.get(k) for k in _SELECT_KEYS):
+        raise ConfigError(f"{where} selects nothing: give 'op_types', 'op_names' or 'op_names_re'")
+    for op_type in entry.get("op_types", []):
+        if op_type not in SUPPORTED_OP_TYPES:
+            raise ConfigError(
+                f"{where}: DPAP cannot prune op type {op_type!r}; supported op types are "
+                f"{list(SUPPORTED_OP_TYPES)} (type names are case-sensitive)"
+            )
+    for pattern in list(entry.get("op_names_re", [])) + list(entry.get("exclude_op_names_re", [])):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{where}: invalid regular expression {pattern!r}: {exc}") from None
+
+
+def select_targets(model: nn.Module, config_list: Sequence[dict[str, Any]]) -> list[str]:
+    """Validate ``config_list`` and return the names of the modules it selects, in model order.
+
+    Raises
+    ------
+    ConfigError
+        Empty list, unknown or sparsity keys, unsupported op types, unknown module names,
+        or a selection that matches no module.
+    UnsupportedModuleError
+        A module selected by name is not a ``Conv1d``, ``Conv2d`` or ``Linear``.
+    """
+    if not isinstance(config_list, (list, tuple)) or len(config_list) == 0:
+        raise ConfigError(
+            "config_list is empty: give at least one entry such as "
+            "[{'op_types': ['Conv2d', 'Linear'], 'exclude_op_names': ['classifier']}]"
+        )
+    names = dict(model.named_modules())
+    selected: set[str] = set()
+    for index, entry in enumerate(config_list):
+        _check_entry(index, entry)
+        for key in ("op_names", "exclude_op_names"):
+            missing = [n for n in entry.get(key, []) if n not in names]
+            if missing:
+                raise ConfigError(
+                    f"config_list[{index}][{key!r}] names {missing}, which are not modules of the model; "
+                    f"its conv/linear modules are {[n for n, m in names.items() if isinstance(m, PRUNABLE_TYPES)]}"
+                )
+        modules, _, _ = select_modules_by_config(model, dict(entry))
+        selected.update(modules)
+    for name in selected:
+        if not isinstance(names[name], PRUNABLE_TYPES):
+            raise UnsupportedModuleError(
+                f"module {name!r} is a {type(names[name]).__name__}; DPAP prunes only {list(SUPPORTED_OP_TYPES)}. "
+                "Remove it from op_names or restrict the entry with op_types."
+            )
+    if not selected:
+        raise ConfigError(
+            "config_list selects no module of the model; its conv/linear modules are "
+            f"{[n for n, m in names.items() if isinstance(m, PRUNABLE_TYPES)]}"
+        )
+    return [n for n in names if n in selected]

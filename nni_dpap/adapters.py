@@ -1,0 +1,75 @@
+"""Recognise spiking-neuron modules of any library through small adapters.
+
+An adapter tells DPAP three things about a neuron module: whether a module is one
+of its neurons, how many time steps one call's input/output carries (``T`` for a
+multi-step call on the folded layout ``[T*B, ...]``, 1 for a single-step call), and
+how to reset its state. nni-dpap's own neurons go through the same interface as the
+ones of other libraries; adding a library is one adapter registered with
+:func:`register_adapter`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch import nn
+
+from .snn.neurons import BaseNeuron
+
+__all__ = ["NeuronAdapter", "NativeAdapter", "register_adapter", "find_adapter", "is_neuron"]
+
+
+@runtime_checkable
+class NeuronAdapter(Protocol):
+    """What DPAP needs to know about the neurons of one library."""
+
+    name: str
+
+    def matches(self, module: nn.Module) -> bool:
+        """Whether ``module`` is a spiking neuron handled by this adapter."""
+
+    def steps_per_call(self, module: nn.Module) -> int:
+        """Time steps folded into dim 0 of one call's input and output."""
+
+    def reset(self, module: nn.Module) -> None:
+        """Forget the neuron's state (membrane potential)."""
+
+
+class NativeAdapter:
+    """nni-dpap's own neurons (:class:`nni_dpap.snn.BaseNeuron` and subclasses)."""
+
+    name = "nni_dpap"
+
+    def matches(self, module: nn.Module) -> bool:
+        return isinstance(module, BaseNeuron)
+
+    def steps_per_call(self, module: nn.Module) -> int:
+        assert isinstance(module, BaseNeuron)
+        return module.steps_per_call
+
+    def reset(self, module: nn.Module) -> None:
+        assert isinstance(module, BaseNeuron)
+        module.reset()
+
+
+_ADAPTERS: list[NeuronAdapter] = [NativeAdapter()]
+
+
+def register_adapter(adapter: NeuronAdapter) -> None:
+    """Add an adapter (checked before the ones already registered)."""
+    if not isinstance(adapter, NeuronAdapter):
+        raise TypeError(f"{adapter!r} does not implement NeuronAdapter (name, matches, steps_per_call, reset)")
+    _ADAPTERS.insert(0, adapter)
+
+
+def find_adapter(module: nn.Module) -> NeuronAdapter | None:
+    """The adapter handling ``module``, or ``None`` if it is not a known spiking neuron."""
+    for adapter in _ADAPTERS:
+        if adapter.matches(module):
+            return adapter
+    return None
+
+
+def is_neuron(module: nn.Module) -> bool:
+    """Whether ``module`` is a spiking neuron of a registered library."""
+    return find_adapter(module) is not None

@@ -1,0 +1,175 @@
+"""Per-layer DPAP statistics across batches and epochs, turned into per-unit importance.
+
+The pruner's hooks hand every call's pre- and postsynaptic signals to a
+:class:`LayerStatistics`, already reduced to units (``[t, B, N]``: ``t`` time steps
+of the call, conv maps summed over ``H x W``). A batch is *committed* once all of its
+time steps are in: then the traces (Eqs. 1-2), BCM plasticity with its sliding
+threshold (Eqs. 3-5), the postsynaptic trace sum and, for temporal pruning, the
+time-step importance (Eq. 8) are accumulated. :meth:`LayerStatistics.importance`
+returns the epoch's importance of synapses (Eq. 6) and neurons (Eq. 7).
+Pure torch, no NNI.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Mapping
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError, ShapeError
+from .plasticity import (
+    bcm_plasticity,
+    developmental_value,
+    sliding_threshold,
+    spike_trace_sequence,
+    timestep_importance,
+)
+
+__all__ = ["LayerStatistics"]
+
+
+class LayerStatistics:
+    """Accumulated DPAP statistics of one prunable layer.
+
+    Parameters
+    ----------
+    n_out, n_in
+        Number of postsynaptic units (output channels / neurons) and presynaptic
+        units (input channels / features).
+    tau
+        Decay of the spiking trace.
+    accumulation
+        ``'epoch'``: :meth:`end_epoch` clears the sums (Eq. 6); ``'cumulative'``: they
+        keep growing. The sliding threshold is always cumulative (Eq. 5).
+    temporal
+        Also accumulate the time-step importance of Eq. (8).
+    """
+
+    def __init__(
+        self,
+        n_out: int,
+        n_in: int,
+        tau: float = 0.5,
+        accumulation: Literal["epoch", "cumulative"] = "epoch",
+        temporal: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.n_out, self.n_in = n_out, n_in
+        self.tau = tau
+        self.accumulation = accumulation
+        self.temporal = temporal
+        self.theta = torch.zeros(n_out, device=device)
+        self.num_batches = 0
+        self.bcm = torch.zeros(n_out, n_in, device=device)
+        self.trace = torch.zeros(n_out, device=device)
+        self.time: Tensor | None = None
+        self._pre: list[Tensor] = []
+        self._post: list[Tensor] = []
+
+    # -- feeding -----------------------------------------------------------------------
+    def add_pre(self, chunk: Tensor) -> None:
+        """Presynaptic signal of one call, ``[t, B, n_in]``."""
+        if chunk.shape[-1] != self.n_in:
+            raise ShapeError(f"presynaptic signal has {chunk.shape[-1]} units, expected {self.n_in}")
+        self._pre.append(chunk.detach().float())
+
+    def add_post(self, chunk: Tensor) -> None:
+        """Postsynaptic signal (spikes or activations) of one call, ``[t, B, n_out]``."""
+        if chunk.shape[-1] != self.n_out:
+            raise ShapeError(f"postsynaptic signal has {chunk.shape[-1]} units, expected {self.n_out}")
+        self._post.append(chunk.detach().float())
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pre or self._post)
+
+    def discard_pending(self) -> None:
+        self._pre.clear()
+        self._post.clear()
+
+    def commit(self) -> bool:
+        """Fold the pending calls of one batch into the statistics.
+
+        Returns ``False`` (and drops them) if the batch is incomplete, e.g. a forward
+        pass that raised before the neuron was reached.
+        """
+        if not self._pre or not self._post:
+            self.discard_pending()
+            return False
+        pre = torch.cat(self._pre, 0)
+        post = torch.cat(self._post, 0)
+        self.discard_pending()
+        if pre.shape[:2] != post.shape[:2]:
+            raise ShapeError(
+                f"pre- and postsynaptic signals of one batch disagree: {tuple(pre.shape[:2])} vs "
+                f"{tuple(post.shape[:2])} (time steps, batch); the neuron's T does not match the layer input"
+            )
+        self.observe(pre, post)
+        return True
+
+    def observe(self, pre: Tensor, post: Tensor) -> None:
+        """Accumulate one batch of sequences ``pre [T, B, n_in]``, ``post [T, B, n_out]``."""
+        pre_traces = spike_trace_sequence(pre, self.tau)  # [T, B, n_in]
+        post_trace = spike_trace_sequence(post, self.tau)[-1]  # [B, n_out]
+        self.num_batches += 1
+        self.bcm += bcm_plasticity(pre_traces[-1], post_trace, self.theta)
+        self.theta = sliding_threshold(self.theta, post_trace, self.num_batches)
+        self.trace += post_trace.sum(0)
+        if self.temporal:
+            contribution = timestep_importance(pre_traces, post)
+            if self.time is None or self.time.shape != contribution.shape:
+                if self.time is not None:
+                    raise ShapeError(
+                        f"number of time steps changed from {self.time.shape[0]} to {contribution.shape[0]}"
+                    )
+                self.time = torch.zeros_like(contribution)
+            self.time += contribution
+
+    # -- reading -----------------------------------------------------------------------
+    def importance(
+        self, connectivity: Tensor | None = None, normalize_factors: bool = False
+    ) -> dict[str, Tensor]:
+        """Importance of this window: ``'synapse'`` (BCM, Eq. 6), ``'neuron'`` (D, Eq. 7), ``'time'`` (Eq. 8)."""
+        out = {
+            "synapse": self.bcm.clone(),
+            "neuron": developmental_value(self.bcm, self.trace, connectivity, normalize_factors),
+        }
+        if self.time is not None:
+            out["time"] = self.time.clone()
+        return out
+
+    def end_epoch(self) -> None:
+        """Start a new accumulation window (a no-op for cumulative accumulation)."""
+        if self.accumulation == "epoch":
+            self.bcm.zero_()
+            self.trace.zero_()
+            if self.time is not None:
+                self.time.zero_()
+
+    # -- persistence -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor | int | None]:
+        return {
+            "theta": self.theta.clone(),
+            "num_batches": self.num_batches,
+            "bcm": self.bcm.clone(),
+            "trace": self.trace.clone(),
+            "time": None if self.time is None else self.time.clone(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Tensor | int | None]) -> None:
+        expected = {"theta": (self.n_out,), "bcm": (self.n_out, self.n_in), "trace": (self.n_out,)}
+        for key, shape in expected.items():
+            value = state.get(key)
+            if not isinstance(value, Tensor) or tuple(value.shape) != shape:
+                raise ConfigError(
+                    f"statistics {key!r} missing or of the wrong shape (expected {shape}): "
+                    "the checkpoint does not match this model"
+                )
+        device = self.theta.device
+        self.theta = state["theta"].to(device).float().clone()  # type: ignore[union-attr]
+        self.bcm = state["bcm"].to(device).float().clone()  # type: ignore[union-attr]
+        self.trace = state["trace"].to(device).float().clone()  # type: ignore[union-attr]
+        self.num_batches = int(state.get("num_batches", 0))  # type: ignore[arg-type]
+        time = state.get("time")
+        self.time = time.to(device).float().clone() if isinstance(time, Tensor) else None

@@ -1,0 +1,540 @@
+"""``DPAPPruner``: DPAP as an NNI 3.0 training-aware pruner (NNI glue only).
+
+The algorithm lives in :mod:`nni_dpap.plasticity`, :mod:`nni_dpap.metrics` and
+:mod:`nni_dpap.policy`; this module wires it into NNI the way NNI's own
+``TaylorPruner`` does: ``_register_hooks`` collects data through the evaluator,
+``_register_trigger`` patches the optimizer step, and at every epoch boundary
+``generate_masks`` runs ``_collect_data -> _calculate_metrics -> _generate_sparsity``
+before ``update_masks``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from copy import deepcopy
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from nni.compression import TorchEvaluator
+from nni.compression.base.compressor import Pruner
+from nni.compression.base.wrapper import ModuleWrapper
+from nni.compression.utils.evaluator import Evaluator, ForwardHook, ModuleHook
+from torch import Tensor, nn
+
+from ._config_list import select_targets
+from .adapters import find_adapter
+from .errors import ConfigError, ShapeError
+from .graph import LayerLink, link_layers
+from .metrics import LayerStatistics
+from .plasticity import developmental_value, reduce_spatial
+from .policy import DPAPConfig, SurvivalState, get_preset
+
+__all__ = ["DPAPPruner"]
+
+_logger = logging.getLogger(__name__)
+_METRICS = dict[str, dict[str, Tensor]]
+
+
+class _ForwardPreHook(ModuleHook):
+    """NNI-style hook object for ``register_forward_pre_hook`` (NNI 3.0 has none)."""
+
+    def _register(self, hook_func: Callable[..., Any]) -> torch.utils.hooks.RemovableHandle:
+        return self.target.register_forward_pre_hook(hook_func)
+
+
+@dataclass
+class _Layer:
+    """Everything DPAP keeps for one prunable layer."""
+
+    link: LayerLink
+    module: nn.Module
+    n_out: int
+    n_in: int
+    stats: LayerStatistics
+    connectivity: Tensor  # [n_out, n_in] 0/1: synapses the layer's structure allows (groups)
+    neurons: SurvivalState | None
+    synapses: SurvivalState | None
+
+    def steps_per_call(self, modules: Mapping[str, nn.Module]) -> int:
+        if self.link.spiking and self.link.neuron is not None:
+            neuron = modules[self.link.neuron]
+            adapter = find_adapter(neuron)
+            assert adapter is not None
+            return adapter.steps_per_call(neuron)
+        return 1
+
+    def units(self, x: Tensor, steps: int) -> Tensor:
+        """``[steps*B, C, *spatial]`` (or ``[..., N]`` for linear) -> ``[steps, B', C]``."""
+        if self.link.kind == "linear":
+            x = x.reshape(-1, x.shape[-1])
+        if x.shape[0] % steps != 0:
+            raise ShapeError(
+                f"layer {self.link.name!r}: dim 0 of {tuple(x.shape)} is not a multiple of the neuron's "
+                f"T={steps}; feed the layer the time-major folded layout [T*B, ...]"
+            )
+        x = x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
+        return reduce_spatial(x.detach(), channel_dim=2)
+
+    @property
+    def neuron_mask(self) -> Tensor:
+        if self.neurons is not None:
+            return self.neurons.mask
+        return torch.ones(self.n_out, dtype=torch.bool, device=self.connectivity.device)
+
+    @property
+    def synapse_mask(self) -> Tensor:
+        base = self.connectivity.bool()
+        return base & self.synapses.mask if self.synapses is not None else base
+
+
+def _group_connectivity(module: nn.Module, n_out: int, n_in: int) -> Tensor:
+    groups = getattr(module, "groups", 1)
+    if groups == 1:
+        return torch.ones(n_out, n_in)
+    out_group = torch.arange(n_out) // (n_out // groups)
+    in_group = torch.arange(n_in) // (n_in // groups)
+    return (out_group[:, None] == in_group[None, :]).float()
+
+
+def _check_evaluator(evaluator: Any) -> None:
+    if evaluator is None:
+        raise ConfigError(
+            "DPAPPruner prunes while it trains and needs an evaluator: pass "
+            "nni.compression.TorchEvaluator(training_func, nni.trace(torch.optim.Adam)(model.parameters()), training_step)"
+        )
+    if not isinstance(evaluator, Evaluator):
+        raise ConfigError(
+            f"evaluator must be an nni.compression Evaluator (e.g. TorchEvaluator), got {type(evaluator).__name__}"
+        )
+    if isinstance(evaluator, TorchEvaluator):
+        optimizers = getattr(evaluator, "_tmp_optimizers", None)
+        if optimizers is None:
+            optimizers = getattr(evaluator, "_optimizer_helpers", None)
+        if not optimizers:
+            raise ConfigError(
+                "the evaluator has no optimizer: DPAP trains the model, so build it with one, e.g. "
+                "TorchEvaluator(training_func, nni.trace(torch.optim.Adam)(model.parameters(), lr=1e-3), training_step)"
+            )
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        hint = " (pass len(train_loader))" if name == "steps_per_epoch" else ""
+        raise ConfigError(f"{name} must be a positive int{hint}, got {value!r}")
+    return value
+
+
+class DPAPPruner(Pruner):
+    r"""Developmental Plasticity-inspired Adaptive Pruning (DPAP).
+
+    Prunes conv channels, FC neurons and FC synapses *while the model trains from
+    scratch*, for spiking (SNN) and ordinary (ANN) networks. Every unit keeps a
+    survival value driven by the activity-dependent trace of the neuron after it
+    (spike trace for SNNs, activation trace for ANNs), BCM synaptic plasticity with a
+    sliding threshold and the resulting dendritic-spine importance; units that stay
+    unimportant decay and are removed for good once their survival value drops
+    below zero. There is no target sparsity: the rate emerges from the rule.
+
+    B. Han, F. Zhao, Y. Zeng, G. Shen, "Developmental Plasticity-Inspired Adaptive
+    Pruning for Deep Spiking and Artificial Neural Networks", IEEE TPAMI 47(1), 2025.
+
+    Parameters
+    ----------
+    model
+        Model to prune. SNNs use the time-major folded layout ``[T*B, ...]``
+        (:mod:`nni_dpap.snn`).
+    config_list
+        NNI config list selecting the layers to prune: ``op_types`` (``Conv1d``,
+        ``Conv2d``, ``Linear``), ``op_names``, ``op_names_re`` and their ``exclude_*``
+        forms. Sparsity keys (``sparse_ratio`` ...) are rejected. Output layers (whose
+        output reaches the model output without another conv/linear layer) are never
+        pruned and are skipped with a log message.
+    evaluator
+        An NNI evaluator with a training function and an ``nni.trace``-d optimizer
+        (``TorchEvaluator``). ``compress()`` calls the training function with
+        ``max_steps = epochs * steps_per_epoch`` and ``max_epochs = epochs``.
+    epochs
+        Number of training epochs; DPAP's schedule is laid out over them.
+    steps_per_epoch
+        Optimizer steps per epoch, normally ``len(train_loader)``. DPAP counts
+        optimizer steps and closes an epoch every ``steps_per_epoch`` steps; it is
+        taken explicitly because the training loop is the user's. A run whose step
+        count does not match ``epochs * steps_per_epoch`` is reported with a warning.
+    preset
+        ``'braincog'`` (the released code's rule, default), ``'paper'`` (the equations
+        as printed) or a :class:`~nni_dpap.policy.DPAPConfig`.
+    hparams
+        Flat overrides of the preset, e.g. ``{'conv_eps': 0.8, 'linear_eta': 0.15}``
+        (see :meth:`DPAPConfig.flat_keys`).
+    keep_at_least
+        Never prune the last ``keep_at_least`` neurons / channels of a layer (and synapses
+        of a layer), so that no layer dies completely. 0 disables the guard.
+    leaf_modules, concrete_args
+        Passed to the torch.fx tracer that finds the neuron after each layer.
+    neuron_map
+        Explicit ``{layer: neuron_module}`` entries overriding the traced map.
+    writer
+        Optional ``torch.utils.tensorboard.SummaryWriter``; per epoch it receives the
+        kept fraction of every layer and histograms of the survival values.
+    existed_wrappers
+        Used by ``from_compressor`` to inherit another compressor's wrappers.
+
+    Examples
+    --------
+    >>> evaluator = TorchEvaluator(train, nni.trace(torch.optim.Adam)(model.parameters(), lr=3e-3), step)
+    >>> pruner = DPAPPruner(model, [{'op_types': ['Conv2d', 'Linear']}], evaluator,
+    ...                     epochs=40, steps_per_epoch=len(train_loader))
+    >>> model, masks = pruner.compress()
+    >>> pruner.unwrap_model()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config_list: list[dict[str, Any]],
+        evaluator: Evaluator,
+        epochs: int,
+        steps_per_epoch: int,
+        preset: str | DPAPConfig = "braincog",
+        *,
+        hparams: Mapping[str, Any] | None = None,
+        keep_at_least: int = 1,
+        leaf_modules: Sequence[type[nn.Module] | str] = (),
+        concrete_args: dict[str, Any] | None = None,
+        neuron_map: Mapping[str, str] | None = None,
+        writer: Any | None = None,
+        existed_wrappers: dict[str, ModuleWrapper] | None = None,
+    ) -> None:
+        _check_evaluator(evaluator)
+        self.epochs = _positive_int("epochs", epochs)
+        self.steps_per_epoch = _positive_int("steps_per_epoch", steps_per_epoch)
+        if isinstance(keep_at_least, bool) or not isinstance(keep_at_least, int) or keep_at_least < 0:
+            raise ConfigError(f"keep_at_least must be an int >= 0, got {keep_at_least!r}")
+        self.keep_at_least = keep_at_least
+        self.dpap_config = get_preset(preset, **dict(hparams or {})).resolve(self.epochs)
+        self.user_config_list = deepcopy(config_list)
+
+        targets = select_targets(model, config_list)
+        info = link_layers(model, targets, leaf_modules=leaf_modules, concrete_args=concrete_args,
+                           neuron_map=neuron_map)
+        for name in info.output_layers:
+            _logger.info("%s is an output layer: DPAP never prunes output layers, it is left untouched", name)
+        if not info.links:
+            raise ConfigError(
+                f"nothing left to prune: the selected layers {targets} are all output layers. "
+                "Select hidden conv/linear layers that are followed by a neuron or activation."
+            )
+        self.output_layers: tuple[str, ...] = info.output_layers
+        norms = sorted({bn for link in info.links.values() for bn in link.norms})
+        internal = [{"op_names": sorted(info.links)}] + ([{"op_names": norms}] if norms else [])
+        super().__init__(model=model, config_list=internal, evaluator=evaluator, existed_wrappers=existed_wrappers)
+        self.evaluator: Evaluator
+
+        self._modules = dict(self.bound_model.named_modules())
+        self._layers: dict[str, _Layer] = {}
+        for name, link in info.links.items():
+            self._layers[name] = self._build_layer(link)
+        self.current_epoch = 0
+        self._global_step = 0
+        self._masked: set[str] = set()
+        self._call_counts: dict[int, int] = defaultdict(int)
+        self.history: list[dict[str, Any]] = []
+        self.writer = writer
+
+    # -- construction ------------------------------------------------------------------
+    def _build_layer(self, link: LayerLink) -> _Layer:
+        module = self._modules[link.name]
+        if link.kind == "linear":
+            n_out, n_in = module.out_features, module.in_features
+        else:
+            n_out, n_in = module.out_channels, module.in_channels
+        for bn in link.norms:
+            features = getattr(self._modules[bn], "num_features", n_out)
+            if features != n_out:
+                raise ConfigError(
+                    f"BatchNorm {bn!r} after layer {link.name!r} has {features} features, expected {n_out}"
+                )
+        device = self._wrapper_target(link.name, "weight").device
+        cfg = self.dpap_config
+        rule = cfg.rule(link.kind)
+        prune_neurons = cfg.prune_conv_channels if link.kind == "conv" else cfg.prune_linear_neurons
+        prune_synapses = cfg.prune_linear_synapses if link.kind == "linear" else cfg.prune_conv_kernels
+        if link.kind == "conv" and prune_synapses and getattr(module, "groups", 1) != 1:
+            _logger.warning("%s is a grouped conv: kernel-slice pruning is skipped for it", link.name)
+            prune_synapses = False
+        return _Layer(
+            link=link,
+            module=module,
+            n_out=n_out,
+            n_in=n_in,
+            stats=LayerStatistics(n_out, n_in, cfg.trace_tau, cfg.accumulation, device=device),
+            connectivity=_group_connectivity(module, n_out, n_in).to(device),
+            neurons=SurvivalState((n_out,), rule, cfg, device) if prune_neurons else None,
+            synapses=SurvivalState((n_out, n_in), rule, cfg, device) if prune_synapses else None,
+        )
+
+    def _wrapper_target(self, module_name: str, target_name: str) -> Tensor:
+        target = self._module_wrappers[module_name].pruning_target_spaces[target_name].target
+        assert target is not None
+        return target
+
+    @property
+    def layers(self) -> dict[str, LayerLink]:
+        """The pruned layers and the neuron / activation DPAP reads for each."""
+        return {name: layer.link for name, layer in self._layers.items()}
+
+    # -- NNI hooks and trigger ---------------------------------------------------------
+    def _register_hooks(self, evaluator: Evaluator) -> None:
+        hooks: list[Any] = [_ForwardPreHook(self.bound_model, "", self._root_hook_factory)]
+        for name, layer in self._layers.items():
+            hooks.append(_ForwardPreHook(layer.module, name, self._pre_hook_factory(layer)))
+        readers: dict[str, list[tuple[_Layer, int | None, tuple[Callable[[Tensor], Tensor], ...]]]] = defaultdict(list)
+        for layer in self._layers.values():
+            for readout in layer.link.readouts:
+                readers[readout.module].append((layer, readout.call_index, readout.tail))
+        for module_name, entries in readers.items():
+            hooks.append(ForwardHook(self._modules[module_name], module_name, self._post_hook_factory(entries)))
+        evaluator.register_hooks(hooks)
+
+    def _root_hook_factory(self, buffer: list) -> Callable[..., None]:
+        def start_of_forward(module: nn.Module, args: Any) -> None:
+            self._commit_pending()
+            self._call_counts.clear()
+            for sub in self._modules.values():
+                adapter = find_adapter(sub)
+                if adapter is not None:
+                    adapter.reset(sub)
+
+        return start_of_forward
+
+    def _pre_hook_factory(self, layer: _Layer) -> Callable[[list], Callable[..., None]]:
+        def factory(buffer: list) -> Callable[..., None]:
+            def collect_pre(module: nn.Module, args: tuple[Any, ...]) -> None:
+                if module.training and args and isinstance(args[0], Tensor):
+                    layer.stats.add_pre(layer.units(args[0], layer.steps_per_call(self._modules)))
+
+            return collect_pre
+
+        return factory
+
+    def _post_hook_factory(self, entries: list[tuple[_Layer, int | None, tuple[Callable[[Tensor], Tensor], ...]]]
+                           ) -> Callable[[list], Callable[..., None]]:
+        def factory(buffer: list) -> Callable[..., None]:
+            def collect_post(module: nn.Module, args: Any, output: Any) -> None:
+                index = self._call_counts[id(module)]
+                self._call_counts[id(module)] = index + 1
+                if not module.training or not isinstance(output, Tensor):
+                    return
+                for layer, call_index, tail in entries:
+                    if call_index is not None and call_index != index:
+                        continue
+                    signal = output.detach()
+                    if tail:
+                        signal = signal.clone()
+                        for op in tail:
+                            signal = op(signal)
+                    layer.stats.add_post(layer.units(signal, layer.steps_per_call(self._modules)))
+
+            return collect_post
+
+        return factory
+
+    def _register_trigger(self, evaluator: Evaluator) -> None:
+        def after_optimizer_step() -> None:
+            self._global_step += 1
+            self._apply_masks_to_parameters(self._masked)
+            if self._global_step % self.steps_per_epoch == 0:
+                self._end_epoch()
+
+        evaluator.patch_optimizer_step(before_step_tasks=[], after_step_tasks=[after_optimizer_step])
+
+    def _fuse_preprocess(self, evaluator: Evaluator) -> None:
+        self._register_hooks(evaluator)
+        self._register_trigger(evaluator)
+
+    def _fuse_postprocess(self, evaluator: Evaluator) -> None:
+        self._commit_pending()
+        expected = self.epochs * self.steps_per_epoch
+        if self._global_step != expected:
+            _logger.warning(
+                "the training function made %d optimizer steps, but epochs * steps_per_epoch = %d * %d = %d: "
+                "DPAP's epochs were not the training loop's epochs. Pass steps_per_epoch=len(train_loader) and "
+                "make the training function respect max_steps / max_epochs.",
+                self._global_step, self.epochs, self.steps_per_epoch, expected,
+            )
+
+    def _single_compress(self, max_steps: int | None, max_epochs: int | None) -> None:
+        if max_steps is not None or max_epochs is not None:
+            raise ConfigError(
+                "DPAPPruner trains for epochs * steps_per_epoch steps; set epochs= and steps_per_epoch= in its "
+                "constructor instead of passing max_steps / max_epochs to compress()"
+            )
+        self._fusion_compress(self.epochs * self.steps_per_epoch, self.epochs)
+
+    def compress(self, max_steps: int | None = None, max_epochs: int | None = None
+                 ) -> tuple[nn.Module, dict[str, dict[str, Tensor]]]:
+        """Train for ``epochs`` epochs while pruning; returns ``(model, masks)`` in NNI's format."""
+        return super().compress(max_steps, max_epochs)
+
+    # -- the three NNI stages ------------------------------------------------------------
+    def _collect_data(self) -> _METRICS:
+        data: _METRICS = {}
+        for name, layer in self._layers.items():
+            data[name] = {"bcm": layer.stats.bcm.clone(), "trace": layer.stats.trace.clone()}
+        return data
+
+    def _calculate_metrics(self, data: _METRICS) -> _METRICS:
+        metrics: _METRICS = {}
+        normalize_factors = self.dpap_config.normalize_spine_factors
+        for name, stats in data.items():
+            layer = self._layers[name]
+            connectivity = layer.synapse_mask.float()
+            metrics[name] = {
+                "neuron": developmental_value(stats["bcm"], stats["trace"], connectivity, normalize_factors),
+                "synapse": stats["bcm"],
+            }
+        return metrics
+
+    def _generate_sparsity(self, metrics: _METRICS) -> _METRICS:
+        for name, importance in metrics.items():
+            layer = self._layers[name]
+            if layer.neurons is not None:
+                layer.neurons.step(importance["neuron"], self.current_epoch, self.keep_at_least)
+            if layer.synapses is not None:
+                allowed = layer.connectivity.bool()
+                synapse_importance = torch.where(allowed, importance["synapse"], importance["synapse"][allowed].min())
+                layer.synapses.step(synapse_importance, self.current_epoch, self.keep_at_least)
+        return self._nni_masks()
+
+    def _nni_masks(self) -> _METRICS:
+        masks: _METRICS = {}
+        for name, layer in self._layers.items():
+            weight = self._wrapper_target(name, "weight")
+            neuron = layer.neuron_mask
+            w_mask = neuron.view(-1, *([1] * (weight.dim() - 1))).expand(weight.shape)
+            if layer.synapses is not None:
+                synapse = layer.synapses.mask
+                if weight.dim() > 2:
+                    synapse = synapse.view(*synapse.shape, *([1] * (weight.dim() - 2)))
+                w_mask = w_mask & synapse.expand(weight.shape)
+            masks[name] = {"weight": w_mask.to(weight.dtype).contiguous()}
+            if self._module_wrappers[name].pruning_target_spaces["bias"].target is not None:
+                masks[name]["bias"] = neuron.to(weight.dtype)
+            for bn in layer.link.norms:
+                masks[bn] = {}
+                for target_name, space in self._module_wrappers[bn].pruning_target_spaces.items():
+                    if space.target is not None:
+                        masks[bn][target_name] = neuron.to(space.target.dtype)
+        return masks
+
+    # -- epoch boundary ------------------------------------------------------------------
+    def _commit_pending(self) -> None:
+        for layer in self._layers.values():
+            if layer.stats.pending:
+                layer.stats.commit()
+
+    def _end_epoch(self) -> None:
+        self._commit_pending()
+        masks = self.generate_masks()
+        self.update_masks(masks)
+        for name, layer in self._layers.items():
+            if not bool(layer.neuron_mask.all()) or not bool(layer.synapse_mask[layer.connectivity.bool()].all()):
+                self._masked.add(name)
+                self._masked.update(layer.link.norms)
+            layer.stats.end_epoch()
+        self._apply_masks_to_parameters(self._masked)
+        self._record_epoch()
+        self.current_epoch += 1
+
+    @torch.no_grad()
+    def _apply_masks_to_parameters(self, names: set[str] | Sequence[str]) -> None:
+        """Zero masked weights in place, so no optimizer update can revive them."""
+        for name in names:
+            for space in self._module_wrappers[name].pruning_target_spaces.values():
+                if space.mask is not None and space.target is not None:
+                    space.target.data.mul_(space.mask)
+
+    def unwrap_model(self) -> None:
+        """Unwrap, leaving pruned weights (and their bias / BatchNorm entries) at exactly zero."""
+        if self._is_wrapped:
+            self._apply_masks_to_parameters(list(self._module_wrappers))
+        super().unwrap_model()
+
+    # -- reporting -----------------------------------------------------------------------
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per layer: kept / total neurons (channels), synapses and weights."""
+        out: dict[str, dict[str, int]] = {}
+        for name, layer in self._layers.items():
+            allowed = layer.connectivity.bool()
+            weight = self._wrapper_target(name, "weight")
+            mask = self._module_wrappers[name].pruning_target_spaces["weight"].mask
+            out[name] = {
+                "neurons_kept": int(layer.neuron_mask.sum()),
+                "neurons_total": layer.n_out,
+                "synapses_kept": int((layer.synapse_mask & layer.neuron_mask[:, None])[allowed].sum()),
+                "synapses_total": int(allowed.sum()),
+                "weights_kept": int(mask.count_nonzero()) if mask is not None else weight.numel(),
+                "weights_total": weight.numel(),
+            }
+        return out
+
+    def _record_epoch(self) -> None:
+        summary = self.summary()
+        self.history.append({"epoch": self.current_epoch, "layers": summary})
+        parts = [
+            f"{name} {s['neurons_kept']}/{s['neurons_total']} units, "
+            f"{s['weights_kept'] / max(s['weights_total'], 1):.1%} weights"
+            for name, s in summary.items()
+        ]
+        _logger.info("DPAP epoch %d: %s", self.current_epoch, "; ".join(parts))
+        if self.writer is not None:
+            for name, s in summary.items():
+                self.writer.add_scalar(f"dpap/kept_units/{name}", s["neurons_kept"] / s["neurons_total"], self.current_epoch)
+                self.writer.add_scalar(f"dpap/kept_weights/{name}", s["weights_kept"] / s["weights_total"], self.current_epoch)
+                layer = self._layers[name]
+                if layer.neurons is not None:
+                    self.writer.add_histogram(f"dpap/survival_units/{name}", layer.neurons.value, self.current_epoch)
+                if layer.synapses is not None:
+                    self.writer.add_histogram(f"dpap/survival_synapses/{name}", layer.synapses.value, self.current_epoch)
+
+    # -- persistence ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """DPAP's whole state (statistics, survival values, masks, epoch) for checkpoints."""
+        return {
+            "epoch": self.current_epoch,
+            "global_step": self._global_step,
+            "config": self.dpap_config.to_dict(),
+            "layers": {
+                name: {
+                    "stats": layer.stats.state_dict(),
+                    "neurons": None if layer.neurons is None else layer.neurons.state_dict(),
+                    "synapses": None if layer.synapses is None else layer.synapses.state_dict(),
+                }
+                for name, layer in self._layers.items()
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output and re-apply its masks."""
+        layers = state.get("layers") if isinstance(state, Mapping) else None
+        if not isinstance(layers, Mapping) or set(layers) != set(self._layers):
+            got = sorted(layers) if isinstance(layers, Mapping) else type(layers).__name__
+            raise ConfigError(
+                f"DPAP state does not match this pruner: it has layers {got}, the pruner prunes {sorted(self._layers)}"
+            )
+        for name, layer in self._layers.items():
+            entry = layers[name]
+            layer.stats.load_state_dict(entry["stats"])
+            for key in ("neurons", "synapses"):
+                survival = getattr(layer, key)
+                if (survival is None) != (entry.get(key) is None):
+                    raise ConfigError(f"DPAP state of {name!r}: {key} pruning differs from this pruner's preset")
+                if survival is not None:
+                    survival.load_state_dict(entry[key])
+        self.current_epoch = int(state["epoch"])
+        self._global_step = int(state["global_step"])
+        self.update_masks(self._nni_masks())
+        self._masked = set(self._module_wrappers)
+        self._apply_masks_to_parameters(self._masked)

@@ -1,0 +1,29 @@
+"""Spiking building blocks: LIF/PLIF neurons, surrogate gradients, encoders.
+
+Time layout: time-major fold ``[T*B, ...]`` (see :mod:`nni_dpap.snn.neurons`).
+"""
+
+from __future__ import annotations
+
+from .encoding import DirectEncoder, TimeAverage, fold_time, unfold_time
+from .functional import auto_reset, reset_net, set_step_mode, set_time_steps
+from .neurons import BaseNeuron, LIFNeuron, PLIFNeuron
+from .surrogate import ATanSurrogate, SigmoidSurrogate, SurrogateFunction, get_surrogate
+
+__all__ = [
+    "BaseNeuron",
+    "LIFNeuron",
+    "PLIFNeuron",
+    "SurrogateFunction",
+    "ATanSurrogate",
+    "SigmoidSurrogate",
+    "get_surrogate",
+    "DirectEncoder",
+    "TimeAverage",
+    "fold_time",
+    "unfold_time",
+    "reset_net",
+    "set_time_steps",
+    "set_step_mode",
+    "auto_reset",
+]

@@ -1,0 +1,234 @@
+"""Leaky integrate-and-fire neurons, multi-step by default.
+
+Time layout
+-----------
+nni-dpap folds time into the batch dimension, **time-major**: a multi-step tensor
+holds ``T * B`` samples along dim 0 and sample ``t * B + b`` is time step ``t`` of
+example ``b`` (``x.view(T, B, ...)`` recovers ``[T, B, ...]``). Every stateless torch
+layer (``Conv2d``, ``BatchNorm2d``, pooling, ``Flatten``, ``Linear``) works on this
+layout unchanged, so NNI's wrappers, counters and ``ModelSpeedup`` see ordinary
+layers with the batch at dim 0. Only the neurons need ``T`` to unfold it.
+
+Each neuron follows the charge -> fire -> reset template::
+
+    H[t] = charge(V[t-1], X[t])               # LIF: V + (X - (V - V_reset)) / tau
+    S[t] = Heaviside(H[t] - V_threshold)      # surrogate gradient in backward
+    V[t] = H[t] * (1 - S[t]) + V_reset * S[t] # hard reset
+
+In multi-step mode (``step_mode='m'``, the default) the membrane starts at
+``V_reset`` on every call, so no state leaks from one batch to the next and no
+reset is ever needed. In single-step mode (``step_mode='s'``, for models that loop
+over time themselves) the membrane persists between calls until :meth:`reset`;
+:func:`nni_dpap.snn.auto_reset` resets a whole model at the start of every forward.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, ShapeError
+from .surrogate import ATanSurrogate, SurrogateFunction
+
+__all__ = ["BaseNeuron", "LIFNeuron", "PLIFNeuron", "StepMode"]
+
+StepMode = Literal["s", "m"]
+
+
+class BaseNeuron(nn.Module):
+    """Base class of spiking neurons (charge / fire / reset template).
+
+    Parameters
+    ----------
+    T
+        Number of time steps folded into dim 0 in multi-step mode. Required for
+        ``step_mode='m'``; ignored in single-step mode.
+    v_threshold
+        Firing threshold ``V_threshold``.
+    v_reset
+        Reset (and resting) potential of the hard reset.
+    detach_reset
+        Detach the spike used in the reset from the autograd graph.
+    surrogate
+        Surrogate-gradient function; ``None`` builds a fresh :class:`ATanSurrogate`.
+    step_mode
+        ``'m'``: input ``[T*B, ...]`` (time-major fold), one call runs all steps.
+        ``'s'``: input ``[B, ...]``, one call is one time step, state persists.
+    store_v
+        Keep ``h_seq`` (potential before firing) and ``v_seq`` (after reset) of the
+        last multi-step call, in the folded layout, for inspection.
+    """
+
+    def __init__(
+        self,
+        T: int | None = None,
+        v_threshold: float = 1.0,
+        v_reset: float = 0.0,
+        detach_reset: bool = False,
+        surrogate: SurrogateFunction | None = None,
+        step_mode: StepMode = "m",
+        store_v: bool = False,
+    ) -> None:
+        super().__init__()
+        if T is not None and (not isinstance(T, int) or T < 1):
+            raise ConfigError(f"T must be a positive int, got {T!r}")
+        self.T = T
+        self.v_threshold = float(v_threshold)
+        self.v_reset = float(v_reset)
+        self.detach_reset = detach_reset
+        self.surrogate = surrogate if surrogate is not None else ATanSurrogate()
+        self.step_mode = step_mode
+        self.store_v = store_v
+        self.v: Tensor | None = None
+        self.h_seq: Tensor | None = None
+        self.v_seq: Tensor | None = None
+
+    # -- step mode -------------------------------------------------------------------
+    @property
+    def step_mode(self) -> StepMode:
+        return self._step_mode
+
+    @step_mode.setter
+    def step_mode(self, value: str) -> None:
+        if value not in ("s", "m"):
+            raise ConfigError(f"step_mode must be 's' (single step) or 'm' (multi step), got {value!r}")
+        self._step_mode: StepMode = value  # type: ignore[assignment]
+
+    @property
+    def steps_per_call(self) -> int:
+        """Time steps carried by one call's input/output (``T`` or 1)."""
+        if self.step_mode == "s":
+            return 1
+        if self.T is None:
+            raise ConfigError(
+                f"{type(self).__name__} is in multi-step mode but T is not set; "
+                "pass T=... or call nni_dpap.snn.set_time_steps(model, T)"
+            )
+        return self.T
+
+    def extra_repr(self) -> str:
+        return (
+            f"T={self.T}, v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
+            f"detach_reset={self.detach_reset}, step_mode={self.step_mode!r}"
+        )
+
+    # -- template --------------------------------------------------------------------
+    def neuronal_charge(self, v: Tensor, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def neuronal_fire(self, h: Tensor) -> Tensor:
+        return self.surrogate(h - self.v_threshold)
+
+    def neuronal_reset(self, h: Tensor, spike: Tensor) -> Tensor:
+        s = spike.detach() if self.detach_reset else spike
+        return h * (1.0 - s) + self.v_reset * s
+
+    def reset(self) -> None:
+        """Forget the membrane state (single-step mode) and stored sequences."""
+        self.v = None
+        self.h_seq = None
+        self.v_seq = None
+
+    # -- forward ---------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if self.step_mode == "s":
+            return self._single_step(x)
+        return self._multi_step(x)
+
+    def _single_step(self, x: Tensor) -> Tensor:
+        if self.v is None:
+            self.v = torch.full_like(x, self.v_reset)
+        elif self.v.shape != x.shape:
+            raise ShapeError(
+                f"{type(self).__name__} in single-step mode holds a state of shape {tuple(self.v.shape)} "
+                f"but got input {tuple(x.shape)}: reset the network between batches "
+                "(nni_dpap.snn.reset_net(model) or install nni_dpap.snn.auto_reset(model) once)"
+            )
+        h = self.neuronal_charge(self.v, x)
+        spike = self.neuronal_fire(h)
+        self.v = self.neuronal_reset(h, spike)
+        return spike
+
+    def _multi_step(self, x: Tensor) -> Tensor:
+        T = self.steps_per_call
+        if x.dim() == 0 or x.shape[0] % T != 0:
+            raise ShapeError(
+                f"{type(self).__name__} expects a time-major folded input [T*B, ...] with T={T}, "
+                f"got shape {tuple(x.shape)}; encode static inputs with nni_dpap.snn.DirectEncoder(T)"
+            )
+        xs = x.reshape(T, x.shape[0] // T, *x.shape[1:])
+        v = torch.full_like(xs[0], self.v_reset)
+        spikes, hs, vs = [], [], []
+        for t in range(T):
+            h = self.neuronal_charge(v, xs[t])
+            s = self.neuronal_fire(h)
+            v = self.neuronal_reset(h, s)
+            spikes.append(s)
+            if self.store_v:
+                hs.append(h.detach())
+                vs.append(v.detach())
+        if self.store_v:
+            self.h_seq = torch.cat(hs, 0)
+            self.v_seq = torch.cat(vs, 0)
+        return torch.cat(spikes, 0)
+
+
+class LIFNeuron(BaseNeuron):
+    """Leaky integrate-and-fire neuron.
+
+    ``H = V + (X - (V - V_reset)) / tau``; with ``tau = 2`` and ``V_reset = 0`` this is
+    BrainCog's ``LIFNode`` (``u <- u + (x - u) / 2``).
+
+    Parameters
+    ----------
+    tau
+        Membrane time constant (> 1 keeps the update a contraction).
+    **kwargs
+        See :class:`BaseNeuron`.
+    """
+
+    def __init__(self, T: int | None = None, tau: float = 2.0, **kwargs) -> None:
+        super().__init__(T, **kwargs)
+        if not tau >= 1.0:
+            raise ConfigError(f"tau must be >= 1, got {tau!r}")
+        self.tau = float(tau)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, " + super().extra_repr()
+
+    def neuronal_charge(self, v: Tensor, x: Tensor) -> Tensor:
+        return v + (x - (v - self.v_reset)) / self.tau
+
+
+class PLIFNeuron(BaseNeuron):
+    """Parametric LIF (Fang et al., 2021): ``1 / tau = sigmoid(w)`` with a learnable ``w``.
+
+    ``H = V + (X - (V - V_reset)) * sigmoid(w)``, ``w`` initialised to
+    ``-log(init_tau - 1)`` so that ``tau = init_tau`` at the start.
+
+    Parameters
+    ----------
+    init_tau
+        Initial time constant (> 1).
+    **kwargs
+        See :class:`BaseNeuron`.
+    """
+
+    def __init__(self, T: int | None = None, init_tau: float = 2.0, **kwargs) -> None:
+        super().__init__(T, **kwargs)
+        if not init_tau > 1.0:
+            raise ConfigError(f"init_tau must be > 1, got {init_tau!r}")
+        self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
+
+    @property
+    def tau(self) -> float:
+        return float(1.0 / torch.sigmoid(self.w.detach()))
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau:.4g} (learnable), " + super().extra_repr()
+
+    def neuronal_charge(self, v: Tensor, x: Tensor) -> Tensor:
+        return v + (x - (v - self.v_reset)) * torch.sigmoid(self.w)

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nni_dpap.errors import ConfigError
+from nni_dpap.policy import (
+    DPAPConfig, SurvivalRule, SurvivalState, get_preset, normalize, schedule_factor, survival_increment,
+    update_survival,
+)
+
+
+def test_normalize_minmax_percentile_and_flat():
+    x = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
+    assert normalize(x).tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    # pnorm_{min,75}: P75 of [0..4] = 3 -> values above clip to 1
+    assert torch.allclose(normalize(x, "percentile", (None, 75.0)), torch.tensor([0.0, 1 / 3, 2 / 3, 1.0, 1.0]))
+    # pnorm_{25,75}: P25 = 1
+    assert torch.allclose(normalize(x, "percentile", (25.0, 75.0)), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+    assert normalize(torch.ones(3)).tolist() == [0.5, 0.5, 0.5]
+    assert normalize(torch.arange(6.0).view(2, 3)).shape == (2, 3)
+    with pytest.raises(ConfigError):
+        normalize(x, "zscore")  # type: ignore[arg-type]
+
+
+def test_survival_increment_eq9_eq10_branches():
+    n = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    # eps = 1: delta = [-1, -0.5, 0, 1]
+    assert survival_increment(n, eps=1.0, bonus=5.0).tolist() == [-1.0, -0.5, 5.0, 6.0]  # paper: delta >= 0
+    assert survival_increment(n, eps=1.0, bonus=5.0, strict=True).tolist() == [-1.0, -0.5, 0.0, 6.0]  # code
+
+
+def test_schedule_factor_exp_step_and_start():
+    assert schedule_factor(0, eta=10.0) == 1.0
+    assert schedule_factor(5, eta=10.0) == pytest.approx(math.exp(-0.5))
+    assert schedule_factor(4, eta=12.0, start_epoch=5, kind="step") == 0.0
+    assert schedule_factor(5, eta=12.0, start_epoch=5, kind="step") == 1.0
+    assert schedule_factor(16, eta=12.0, start_epoch=5, kind="step") == 1.0
+    assert schedule_factor(17, eta=12.0, start_epoch=5, kind="step") == pytest.approx(math.exp(-1))
+    assert update_survival(torch.tensor([10.0]), torch.tensor([-2.0]), 0.5, 0.5).tolist() == [4.0]
+
+
+def test_survival_state_hand_computed_and_permanent():
+    cfg = get_preset("paper")
+    rule = SurvivalRule(eps=1.0, bonus=2.0, eta=1e9, beta=1.0, gamma=1.0)  # factor ~ 1
+    state = SurvivalState((3,), rule, cfg)
+    # importance -> norm [0, 0.5, 1] -> delta [-1, 0, 1] -> dF [-1, 2, 3]
+    assert state.step(torch.tensor([0.0, 1.0, 2.0]), epoch=0) == 0
+    assert torch.allclose(state.value, torch.tensor([0.0, 3.0, 4.0]))
+    assert state.step(torch.tensor([0.0, 1.0, 2.0]), epoch=1) == 1
+    assert state.mask.tolist() == [False, True, True]
+    # unit 0 becomes the most important: F rises again, but the mask never comes back
+    state.step(torch.tensor([10.0, 0.0, 1.0]), epoch=2)
+    state.step(torch.tensor([10.0, 0.0, 1.0]), epoch=3)
+    assert state.value[0] > 0 and not state.mask[0]
+
+
+def test_keep_at_least_guard():
+    cfg = get_preset("paper")
+    state = SurvivalState((4,), SurvivalRule(eps=2.0, bonus=0.0, eta=1e9, beta=0.5, gamma=1.0), cfg)
+    state.step(torch.tensor([0.0, 1.0, 2.0, 3.0]), epoch=0, keep_at_least=1)
+    # eps = 2 -> every delta <= 0; F = 0.5 + [-2, -1.33, -0.67, 0] -> only unit 3 stays >= 0
+    assert state.mask.tolist() == [False, False, False, True]
+    state.step(torch.tensor([3.0, 2.0, 1.0, 0.0]), epoch=1, keep_at_least=1)
+    assert int(state.mask.sum()) == 1 and bool(state.mask[3])
+
+
+@pytest.mark.parametrize("eps", [0.5, 1.0, 1.5])
+def test_larger_eps_prunes_at_least_as_much(eps):
+    torch.manual_seed(0)
+    importances = [torch.rand(200) for _ in range(30)]
+    kept = []
+    for e in (eps, eps + 0.3):
+        state = SurvivalState((200,), SurvivalRule(eps=e, bonus=2.0, eta=8.0), get_preset("paper"))
+        for epoch, imp in enumerate(importances):
+            state.step(imp, epoch)
+        kept.append(int(state.mask.sum()))
+    assert kept[1] <= kept[0]
+
+
+def test_presets_side_by_side():
+    paper, braincog = get_preset("paper"), get_preset("braincog")
+    assert (paper.normalization, paper.schedule, paper.accumulation, paper.strict_positive) == \
+        ("minmax", "exp", "epoch", False)
+    assert (braincog.normalization, braincog.schedule, braincog.accumulation, braincog.strict_positive) == \
+        ("percentile", "step", "cumulative", True)
+    assert braincog.conv == SurvivalRule(eps=0.65, bonus=5.0, eta=12.0, start_epoch=5, gamma=0.999, beta=10.0)
+    assert braincog.linear.eps == 1.5 and braincog.linear.bonus == 2.0 and braincog.linear.eta == 13.0
+    with pytest.raises(ConfigError, match="unknown DPAP preset"):
+        get_preset("fast")
+
+
+def test_with_params_relative_schedule_and_roundtrip():
+    cfg = get_preset("braincog", conv_eps=0.8, linear_eta=0.15, relative_schedule=True, conv_eta=0.1,
+                     conv_start_epoch=0.1, linear_start_epoch=0.0)
+    assert cfg.conv.eps == 0.8 and cfg.linear.eta == 0.15
+    resolved = cfg.resolve(60)
+    assert resolved.conv.eta == pytest.approx(6.0) and resolved.conv.start_epoch == 6
+    assert resolved.linear.eta == pytest.approx(9.0) and not resolved.relative_schedule
+    assert DPAPConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown DPAP hyper-parameter 'conv_epsilon'"):
+        cfg.with_params(conv_epsilon=1.0)
+    with pytest.raises(ConfigError, match="eta must be > 0"):
+        get_preset("paper", conv_eta=0.0)
+    with pytest.raises(ConfigError, match="relative_schedule"):
+        get_preset("braincog", relative_schedule=True)  # eta = 12 is not a fraction
+    assert get_preset("paper", time_eps=0.3).rule("time").eps == 0.3
+    assert get_preset("paper").rule("time", "conv") == get_preset("paper").conv

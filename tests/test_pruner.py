@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+import logging
+
+import nni
+import pytest
+import torch
+from nni.compression import TorchEvaluator
+from torch import nn
+
+from nni_dpap import DPAPPruner, get_preset
+from nni_dpap.errors import ConfigError, GraphError, UnsupportedModuleError
+from nni_dpap.models import SpikingConvNet
+from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func
+
+# Short runs: schedule relative to the run length, aggressive eps so that a few epochs prune.
+FAST = {"relative_schedule": True, "conv_eta": 0.3, "linear_eta": 0.3, "conv_start_epoch": 0.0,
+        "linear_start_epoch": 0.0, "conv_eps": 1.2, "linear_eps": 2.0, "conv_beta": 2.0, "linear_beta": 2.0}
+CONFIG = [{"op_types": ["Conv2d", "Linear"]}]
+
+
+def _spy_masks(pruner: DPAPPruner) -> list[dict[str, dict[str, torch.Tensor]]]:
+    recorded: list[dict[str, dict[str, torch.Tensor]]] = []
+    update = pruner.update_masks
+
+    def spy(masks):
+        recorded.append({m: {t: v.clone() for t, v in targets.items()} for m, targets in masks.items()})
+        update(masks)
+
+    pruner.update_masks = spy  # type: ignore[method-assign]
+    return recorded
+
+
+def _check_run(pruner, recorded, model, epochs):
+    assert len(recorded) == epochs and pruner.current_epoch == epochs
+    for masks in recorded:
+        for targets in masks.values():
+            for mask in targets.values():
+                assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    for before, after in zip(recorded, recorded[1:]):  # pruned units never revive
+        for module, targets in after.items():
+            for target, mask in targets.items():
+                assert torch.all(mask <= before[module][target])
+    final = recorded[-1]
+    for module, targets in final.items():
+        for target, mask in targets.items():
+            param = getattr(model.get_submodule(module), target)
+            assert torch.all(param[mask == 0] == 0), f"{module}.{target} has non-zero pruned entries"
+    return final
+
+
+def test_snn_end_to_end(tiny_snn, make_evaluator, digits):
+    epochs = 6
+    pruner = DPAPPruner(tiny_snn, CONFIG, make_evaluator(tiny_snn), epochs=epochs,
+                        steps_per_epoch=len(digits[0]), hparams=FAST)
+    assert pruner.output_layers == ("fc2",)
+    assert {n: l.neuron for n, l in pruner.layers.items()} == {"conv": "sn1", "fc1": "sn2"}
+    recorded = _spy_masks(pruner)
+    fc2_before = tiny_snn.fc2.weight.detach().clone()
+    model, masks = pruner.compress()
+    pruner.unwrap_model()
+    final = _check_run(pruner, recorded, model, epochs)
+    assert set(final) == {"conv", "bn", "fc1"}  # BN masked with its conv's channels
+    assert torch.equal(final["bn"]["weight"], final["conv"]["bias"])
+    assert set(masks) == {"conv", "bn", "fc1"}
+    summary = pruner.summary()
+    assert summary["fc1"]["weights_kept"] < summary["fc1"]["weights_total"]
+    assert summary["fc1"]["neurons_kept"] >= 1 and summary["conv"]["neurons_kept"] >= 1
+    # output layer: trained but never masked
+    assert not torch.equal(model.fc2.weight, fc2_before) and bool(model.fc2.weight.ne(0).all())
+    assert evaluate_accuracy(model, digits[1]) > 0.5
+
+
+def test_ann_end_to_end_with_exclusion(tiny_ann, make_evaluator, digits):
+    epochs = 5
+    config = [{"op_types": ["Conv2d", "Linear"], "exclude_op_names": ["conv"]}]
+    pruner = DPAPPruner(tiny_ann, config, make_evaluator(tiny_ann), epochs=epochs,
+                        steps_per_epoch=len(digits[0]), preset="paper", hparams=dict(FAST, linear_eps=1.0))
+    assert set(pruner.layers) == {"fc1"} and pruner.layers["fc1"].neuron == "relu2"
+    assert not pruner.layers["fc1"].spiking
+    recorded = _spy_masks(pruner)
+    model, _ = pruner.compress()
+    pruner.unwrap_model()
+    _check_run(pruner, recorded, model, epochs)
+    assert bool(model.conv.weight.ne(0).all()) and bool(model.fc2.weight.ne(0).all())
+    assert pruner.summary()["fc1"]["weights_kept"] < 32 * 128
+    assert evaluate_accuracy(model, digits[1]) > 0.7
+
+
+def _kept_weights(eps: float, make_evaluator, steps: int) -> int:
+    torch.manual_seed(0)
+    from conftest import TinyANN
+
+    model = TinyANN()
+    hparams = dict(FAST, conv_eps=eps, linear_eps=eps)
+    pruner = DPAPPruner(model, CONFIG, make_evaluator(model), epochs=4, steps_per_epoch=steps, hparams=hparams)
+    torch.manual_seed(1)
+    pruner.compress()
+    return sum(s["weights_kept"] for s in pruner.summary().values())
+
+
+def test_larger_epsilon_prunes_at_least_as_much(make_evaluator, digits):
+    kept = [_kept_weights(eps, make_evaluator, len(digits[0])) for eps in (0.8, 1.4, 2.0)]
+    assert kept[0] >= kept[1] >= kept[2]
+    assert kept[0] > kept[2]
+
+
+def test_digits_snn_accuracy_floor(digits):
+    """The paper's MNIST SNN on digits, 20 epochs, T=4: measured 0.94 (dense 0.96); floor 0.90."""
+    torch.manual_seed(0)
+    model = SpikingConvNet(1, 8, 10, T=4)
+    train = make_training_func(digits[0], progress=False)
+    evaluator = TorchEvaluator(train, nni.trace(torch.optim.Adam)(model.parameters(), lr=3e-3), classification_step)
+    hparams = {"relative_schedule": True, "conv_eta": 0.15, "linear_eta": 0.15, "conv_start_epoch": 0.0,
+               "linear_start_epoch": 0.0, "conv_eps": 0.8, "linear_eps": 2.0}
+    pruner = DPAPPruner(model, CONFIG, evaluator, epochs=20, steps_per_epoch=len(digits[0]), hparams=hparams)
+    model, _ = pruner.compress()
+    pruner.unwrap_model()
+    kept = sum(s["weights_kept"] for s in pruner.summary().values()) / sum(
+        s["weights_total"] for s in pruner.summary().values())
+    assert kept < 0.8
+    assert evaluate_accuracy(model, digits[1]) >= 0.90
+
+
+def test_state_dict_round_trip(tiny_ann, make_evaluator, digits):
+    pruner = DPAPPruner(tiny_ann, CONFIG, make_evaluator(tiny_ann), epochs=3, steps_per_epoch=len(digits[0]),
+                        hparams=FAST)
+    pruner.compress()
+    state = pruner.state_dict()
+    torch.manual_seed(0)
+    from conftest import TinyANN
+
+    other_model = TinyANN()
+    other = DPAPPruner(other_model, CONFIG, make_evaluator(other_model), epochs=3,
+                       steps_per_epoch=len(digits[0]), hparams=FAST)
+    other.load_state_dict(state)
+    assert other.current_epoch == 3
+    for name, masks in pruner.get_masks().items():
+        for target, mask in masks.items():
+            assert torch.equal(other.get_masks()[name][target], mask)
+    with pytest.raises(ConfigError, match="does not match"):
+        other.load_state_dict({"layers": {"nope": {}}})
+
+
+def test_step_mismatch_warning_and_writer(tiny_ann, make_evaluator, digits, caplog):
+    class Recorder:
+        def __init__(self):
+            self.scalars, self.histograms = [], []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+        def add_histogram(self, tag, values, step):
+            self.histograms.append((tag, step))
+
+    writer = Recorder()
+    pruner = DPAPPruner(tiny_ann, CONFIG, make_evaluator(tiny_ann), epochs=2,
+                        steps_per_epoch=len(digits[0]) + 5, hparams=FAST, writer=writer)
+    with caplog.at_level(logging.WARNING, logger="nni_dpap.pruner"):
+        pruner.compress()
+    assert "optimizer steps" in caplog.text and "steps_per_epoch" in caplog.text
+    assert pruner.current_epoch == 1  # the loop ran 2 real epochs = fewer steps than 2 * (len + 5)
+    assert ("dpap/kept_units/fc1", pytest.approx(1.0, abs=1.0), 0) in [(t, v, s) for t, v, s in writer.scalars]
+    assert ("dpap/survival_units/conv", 0) in writer.histograms
+
+
+def test_taylor_style_script_works_with_dpap_swapped_in(digits):
+    """The structure of NNI's TaylorPruner example, unchanged except for the pruner line."""
+    from nni.compression.pruning import TaylorPruner
+
+    train_loader = digits[0]
+
+    def training(model, optimizer, training_step, lr_scheduler=None, max_steps=None, max_epochs=None):
+        model.train()
+        total_epochs = max_epochs if max_epochs else 1
+        total_steps = max_steps if max_steps else 1_000_000
+        current = 0
+        for _ in range(total_epochs):
+            for batch in train_loader:
+                loss = training_step(batch, model)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                current += 1
+                if current >= total_steps:
+                    return
+            if lr_scheduler is not None:
+                lr_scheduler.step()
+
+    def script(make_pruner):
+        torch.manual_seed(0)
+        from conftest import TinyANN
+
+        model = TinyANN()
+        optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.05, momentum=0.9)
+        scheduler = nni.trace(torch.optim.lr_scheduler.StepLR)(optimizer, step_size=1, gamma=0.9)
+        evaluator = TorchEvaluator(training, optimizer, classification_step, scheduler,
+                                   dummy_input=torch.rand(2, 1, 8, 8), evaluating_func=lambda m: evaluate_accuracy(m, digits[1]))
+        pruner = make_pruner(model, evaluator)
+        _, masks = pruner.compress()
+        pruner.unwrap_model()
+        return model, masks
+
+    _, taylor_masks = script(lambda m, ev: TaylorPruner(m, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], ev,
+                                                        training_steps=10))
+    model, dpap_masks = script(lambda m, ev: DPAPPruner(m, [{"op_types": ["Conv2d", "Linear"]}], ev, epochs=3,
+                                                        steps_per_epoch=len(train_loader), hparams=FAST))
+    assert set(taylor_masks) == {"conv"} and "fc1" in dpap_masks
+    assert evaluate_accuracy(model, digits[1]) > 0.5
+
+
+def test_bad_input_errors(tiny_ann, tiny_snn, make_evaluator, digits):
+    ev = make_evaluator(tiny_ann)
+    steps = len(digits[0])
+    with pytest.raises(ConfigError, match="'sparse_ratio', which DPAP does not use"):
+        DPAPPruner(tiny_ann, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], ev, epochs=2, steps_per_epoch=steps)
+    with pytest.raises(ConfigError, match="cannot prune op type 'LSTM'"):
+        DPAPPruner(tiny_ann, [{"op_types": ["LSTM"]}], ev, epochs=2, steps_per_epoch=steps)
+    with pytest.raises(ConfigError, match="unknown key 'op_type'"):
+        DPAPPruner(tiny_ann, [{"op_type": ["Conv2d"]}], ev, epochs=2, steps_per_epoch=steps)
+    with pytest.raises(ConfigError, match="config_list is empty"):
+        DPAPPruner(tiny_ann, [], ev, epochs=2, steps_per_epoch=steps)
+    with pytest.raises(ConfigError, match="not modules of the model"):
+        DPAPPruner(tiny_ann, [{"op_names": ["fc9"]}], ev, epochs=2, steps_per_epoch=steps)
+    with pytest.raises(UnsupportedModuleError, match="'relu1' is a ReLU"):
+        DPAPPruner(tiny_ann, [{"op_names": ["relu1"]}], ev, epochs=2, steps_per_epoch=steps)
+    with pytest.raises(ConfigError, match="steps_per_epoch must be a positive int"):
+        DPAPPruner(tiny_ann, CONFIG, ev, epochs=2, steps_per_epoch=0)
+    with pytest.raises(ConfigError, match="epochs must be a positive int"):
+        DPAPPruner(tiny_ann, CONFIG, ev, epochs=-1, steps_per_epoch=steps)
+    with pytest.raises(ConfigError, match="needs an evaluator"):
+        DPAPPruner(tiny_ann, CONFIG, None, epochs=2, steps_per_epoch=steps)  # type: ignore[arg-type]
+    no_optimizer = TorchEvaluator(make_training_func(digits[0], progress=False), [], classification_step)
+    with pytest.raises(ConfigError, match="has no optimizer"):
+        DPAPPruner(tiny_ann, CONFIG, no_optimizer, epochs=2, steps_per_epoch=steps)
+    with pytest.raises(ConfigError, match="all output layers"):
+        DPAPPruner(tiny_ann, [{"op_names": ["fc2"]}], ev, epochs=2, steps_per_epoch=steps)
+    with pytest.raises(ConfigError, match="unknown DPAP hyper-parameter"):
+        DPAPPruner(tiny_ann, CONFIG, ev, epochs=2, steps_per_epoch=steps, hparams={"eps": 1.0})
+
+    class NoNeuron(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.fc3 = nn.Linear(64, 16), nn.Linear(16, 16), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc3(torch.relu(self.fc2(self.fc1(x.flatten(1)))))
+
+    model = NoNeuron()
+    with pytest.raises(GraphError, match="layer 'fc1' has no spiking neuron or activation after it"):
+        DPAPPruner(model, [{"op_types": ["Linear"]}], make_evaluator(model), epochs=2, steps_per_epoch=steps)
+    pruner = DPAPPruner(tiny_ann, CONFIG, ev, epochs=2, steps_per_epoch=steps)
+    with pytest.raises(ConfigError, match="instead of passing max_steps"):
+        pruner.compress(max_steps=10)
