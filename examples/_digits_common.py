@@ -1,10 +1,18 @@
-"""Shared driver of the digits examples: dense vs DPAP, same seed, same epochs, one table."""
+"""Shared driver of the digits examples: dense vs DPAP, same seeds, same epochs, one table.
+
+For every seed the dense model and the DPAP model start from the same initial
+weights, see the same batches in the same order and train for the same number of
+epochs; accuracy is measured once, after the last epoch, on the held-out test split.
+The test split has 360 images (one image = 0.28 points), so results are reported
+as mean and spread over several seeds.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import statistics
 import time
 from typing import Any, Callable
 
@@ -24,7 +32,8 @@ def parse_args(description: str, defaults: dict[str, Any]) -> argparse.Namespace
     parser.add_argument("--epochs", type=int, default=defaults["epochs"], help="training epochs (dense and DPAP)")
     parser.add_argument("--lr", type=float, default=defaults["lr"], help="Adam learning rate")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the init and the shuffling")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds of the initial weights and the shuffling (the split is fixed)")
     parser.add_argument("--preset", default="braincog", choices=["braincog", "paper"], help="DPAP rule preset")
     parser.add_argument("--hparams", type=json.loads, default=defaults["hparams"],
                         help="JSON object of DPAP overrides, e.g. '{\"conv_eps\": 0.8}'")
@@ -36,70 +45,94 @@ def parse_args(description: str, defaults: dict[str, Any]) -> argparse.Namespace
     return parser.parse_args()
 
 
-def run(args: argparse.Namespace, build: Callable[[], nn.Module], title: str) -> dict[str, Any]:
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    train_loader, test_loader = digits_loaders(args.batch_size, seed=args.seed)
+def _run_seed(args: argparse.Namespace, build: Callable[[], nn.Module], seed: int) -> dict[str, Any]:
+    train_loader, test_loader = digits_loaders(args.batch_size, seed=seed)
     train = make_training_func(train_loader, progress=not args.no_progress)
     example = next(iter(test_loader))[0][:8]
 
-    # dense baseline
-    seed_everything(args.seed)
+    seed_everything(seed)
     dense = build()
     start = time.perf_counter()
-    optimizer = torch.optim.Adam(dense.parameters(), lr=args.lr)
-    train(dense, optimizer, classification_step, None, None, args.epochs)
+    train(dense, torch.optim.Adam(dense.parameters(), lr=args.lr), classification_step, None, None, args.epochs)
     dense_time = time.perf_counter() - start
-    dense_acc = evaluate_accuracy(dense, test_loader)
 
-    # DPAP: same seed, same initial weights, same number of epochs
-    seed_everything(args.seed)
+    seed_everything(seed)
     model = build()
-    optimizer = nni.trace(torch.optim.Adam)(model.parameters(), lr=args.lr)
-    evaluator = TorchEvaluator(train, optimizer, classification_step)
+    evaluator = TorchEvaluator(train, nni.trace(torch.optim.Adam)(model.parameters(), lr=args.lr), classification_step)
     pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=args.epochs,
                         steps_per_epoch=len(train_loader), preset=args.preset, hparams=args.hparams)
     start = time.perf_counter()
-    model, masks = pruner.compress()
+    model, _ = pruner.compress()
     pruner.unwrap_model()
     dpap_time = time.perf_counter() - start
-    dpap_acc = evaluate_accuracy(model, test_loader)
 
     prunable = list(pruner.layers)
     dense_costs, dpap_costs = layer_costs(dense, example), layer_costs(model, example)
-    d_tot, p_tot = totals(dense_costs, prunable), totals(dpap_costs, prunable)
-    d_all, p_all = totals(dense_costs), totals(dpap_costs)
-    result = {
-        "title": title,
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "preset": args.preset,
-        "hparams": args.hparams,
-        "dense": {"accuracy": dense_acc, "seconds": dense_time},
-        "dpap": {
-            "accuracy": dpap_acc,
-            "seconds": dpap_time,
-            "prunable_params_kept": p_tot["params_fraction"],
-            "flops_kept": p_all["macs_kept"] / d_all["macs_total"],
-            "layers": {n: {"units": f"{c.units_kept}/{c.units_total}", "params_kept": c.params_kept,
-                           "params_total": c.params_total} for n, c in dpap_costs.items()},
-        },
+    return {
+        "seed": seed,
+        "dense_accuracy": evaluate_accuracy(dense, test_loader),
+        "dpap_accuracy": evaluate_accuracy(model, test_loader),
+        "dense_seconds": dense_time,
+        "dpap_seconds": dpap_time,
+        "prunable_params_total": totals(dense_costs, prunable)["params_total"],
+        "prunable_params_kept": totals(dpap_costs, prunable)["params_kept"],
+        "prunable_params_fraction": totals(dpap_costs, prunable)["params_fraction"],
+        "flops_fraction": totals(dpap_costs)["macs_kept"] / totals(dense_costs)["macs_total"],
+        "layers": {n: {"pruned": n in prunable, "units_kept": c.units_kept, "units_total": c.units_total,
+                       "params_kept": c.params_kept, "params_total": c.params_total}
+                   for n, c in dpap_costs.items()},
     }
+
+
+def _mean_spread(values: list[float], percent: bool = True) -> str:
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.2f}{unit}"
+    return f"{mean:.2f} ± {statistics.stdev(values) * scale:.2f}{unit}"
+
+
+def run(args: argparse.Namespace, build: Callable[[], nn.Module], title: str) -> dict[str, Any]:
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    runs = []
+    for seed in args.seeds:
+        runs.append(_run_seed(args, build, seed))
+        r = runs[-1]
+        print(f"seed {seed}: dense {r['dense_accuracy']:.2%}, DPAP {r['dpap_accuracy']:.2%} keeping "
+              f"{r['prunable_params_fraction']:.1%} of the prunable parameters", flush=True)
+
+    def col(key: str) -> list[float]:
+        return [float(r[key]) for r in runs]
+
+    summary = {
+        "title": title, "epochs": args.epochs, "seeds": args.seeds, "preset": args.preset, "hparams": args.hparams,
+        "dense_accuracy_mean": statistics.fmean(col("dense_accuracy")),
+        "dpap_accuracy_mean": statistics.fmean(col("dpap_accuracy")),
+        "prunable_params_fraction_mean": statistics.fmean(col("prunable_params_fraction")),
+        "flops_fraction_mean": statistics.fmean(col("flops_fraction")),
+        "runs": runs,
+    }
+    n_seeds = len(runs)
+    total = runs[0]["prunable_params_total"]
     rows = [
-        ["dense", f"{dense_acc:.2%}", f"{d_tot['params_kept']:,.0f} (100%)", "100%", f"{dense_time:.1f}"],
-        [f"DPAP ({args.preset})", f"{dpap_acc:.2%}",
-         f"{p_tot['params_kept']:,.0f} ({p_tot['params_fraction']:.1%})",
-         f"{result['dpap']['flops_kept']:.1%}", f"{dpap_time:.1f}"],
+        ["dense", _mean_spread(col("dense_accuracy")), f"{total:,.0f} (100%)", "100%",
+         _mean_spread(col("dense_seconds"), percent=False)],
+        [f"DPAP ({args.preset})", _mean_spread(col("dpap_accuracy")),
+         f"{statistics.fmean(col('prunable_params_kept')):,.0f} ({_mean_spread(col('prunable_params_fraction'))})",
+         _mean_spread(col("flops_fraction")), _mean_spread(col("dpap_seconds"), percent=False)],
     ]
-    print(f"\n{title}: digits test split ({len(test_loader.dataset)} images), {args.epochs} epochs, seed {args.seed}\n")
+    print(f"\n{title} on the digits test split (360 held-out images), {args.epochs} epochs, "
+          f"mean ± std over {n_seeds} seed{'s' if n_seeds > 1 else ''} {args.seeds}\n")
     print(format_table(rows, ["model", "test accuracy", "prunable params kept", "FLOPs kept", "train s"]))
-    layer_rows = [
-        [n, "yes" if n in prunable else "no (output)", f"{c.units_kept}/{c.units_total}",
-         f"{c.params_kept:,}/{c.params_total:,}", f"{c.params_kept / c.params_total:.1%}"]
-        for n, c in dpap_costs.items()
-    ]
+    layer_rows = []
+    for name, first in runs[0]["layers"].items():
+        units = [r["layers"][name]["units_kept"] for r in runs]
+        fractions = [r["layers"][name]["params_kept"] / r["layers"][name]["params_total"] for r in runs]
+        layer_rows.append([name, "yes" if first["pruned"] else "no (output)",
+                           f"{statistics.fmean(units):.1f}/{first['units_total']}", _mean_spread(fractions)])
     print()
-    print(format_table(layer_rows, ["layer", "pruned", "channels/neurons kept", "params kept", "fraction"]))
+    print(format_table(layer_rows, ["layer", "pruned", "channels/neurons kept", "params kept"]))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
-    return result
+            json.dump(summary, fh, indent=2)
+    return summary

@@ -17,7 +17,7 @@ from nni_dpap.models import SpikingConvNet
 # released eta values assume 100-300 epochs.
 HPARAMS = {
     "relative_schedule": True,
-    "conv_eta": 0.15, "linear_eta": 0.15,
+    "conv_eta": 0.2, "linear_eta": 0.2,
     "conv_start_epoch": 0.0, "linear_start_epoch": 0.0,
     "conv_eps": 0.8, "linear_eps": 2.0,
 }

@@ -34,10 +34,14 @@ def digits_datasets(test_fraction: float = 0.2, seed: int = 0) -> tuple[TensorDa
 
 
 def digits_loaders(
-    batch_size: int = 64, test_fraction: float = 0.2, seed: int = 0
+    batch_size: int = 64, test_fraction: float = 0.2, seed: int = 0, split_seed: int = 0
 ) -> tuple[DataLoader, DataLoader]:
-    """Train (shuffled with a seeded generator) and test loaders over :func:`digits_datasets`."""
-    train, test = digits_datasets(test_fraction, seed)
+    """Train and test loaders over :func:`digits_datasets`.
+
+    ``split_seed`` fixes the train/test split; ``seed`` only drives the shuffling of
+    the training batches, so runs with different seeds share one held-out split.
+    """
+    train, test = digits_datasets(test_fraction, split_seed)
     generator = torch.Generator().manual_seed(seed)
     return (
         DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator),

@@ -233,6 +233,7 @@ class DPAPPruner(Pruner):
         self.evaluator: Evaluator
 
         self._modules = dict(self.bound_model.named_modules())
+        self._neurons = [(m, a) for m in self._modules.values() if (a := find_adapter(m)) is not None]
         self._layers: dict[str, _Layer] = {}
         for name, link in info.links.items():
             self._layers[name] = self._build_layer(link)
@@ -302,10 +303,8 @@ class DPAPPruner(Pruner):
         def start_of_forward(module: nn.Module, args: Any) -> None:
             self._commit_pending()
             self._call_counts.clear()
-            for sub in self._modules.values():
-                adapter = find_adapter(sub)
-                if adapter is not None:
-                    adapter.reset(sub)
+            for neuron, adapter in self._neurons:  # state is reset between batches without user action
+                adapter.reset(neuron)
 
         return start_of_forward
 

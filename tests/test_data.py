@@ -20,3 +20,9 @@ def test_loaders_are_seeded():
     first = next(iter(digits_loaders(32, seed=3)[0]))[1]
     second = next(iter(digits_loaders(32, seed=3)[0]))[1]
     assert torch.equal(first, second) and len(first) == 32
+
+
+def test_split_does_not_depend_on_the_shuffling_seed():
+    a = digits_loaders(32, seed=1)[1].dataset.tensors[1]
+    b = digits_loaders(32, seed=2)[1].dataset.tensors[1]
+    assert torch.equal(a, b)

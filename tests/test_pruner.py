@@ -75,7 +75,7 @@ def test_ann_end_to_end_with_exclusion(tiny_ann, make_evaluator, digits):
     epochs = 5
     config = [{"op_types": ["Conv2d", "Linear"], "exclude_op_names": ["conv"]}]
     pruner = DPAPPruner(tiny_ann, config, make_evaluator(tiny_ann), epochs=epochs,
-                        steps_per_epoch=len(digits[0]), preset="paper", hparams=dict(FAST, linear_eps=1.0))
+                        steps_per_epoch=len(digits[0]), preset="paper", hparams=dict(FAST, linear_eps=1.0, linear_eta=0.5))
     assert set(pruner.layers) == {"fc1"} and pruner.layers["fc1"].neuron == "relu2"
     assert not pruner.layers["fc1"].spiking
     recorded = _spy_masks(pruner)
@@ -111,7 +111,7 @@ def test_digits_snn_accuracy_floor(digits):
     model = SpikingConvNet(1, 8, 10, T=4)
     train = make_training_func(digits[0], progress=False)
     evaluator = TorchEvaluator(train, nni.trace(torch.optim.Adam)(model.parameters(), lr=3e-3), classification_step)
-    hparams = {"relative_schedule": True, "conv_eta": 0.15, "linear_eta": 0.15, "conv_start_epoch": 0.0,
+    hparams = {"relative_schedule": True, "conv_eta": 0.3, "linear_eta": 0.3, "conv_start_epoch": 0.0,
                "linear_start_epoch": 0.0, "conv_eps": 0.8, "linear_eps": 2.0}
     pruner = DPAPPruner(model, CONFIG, evaluator, epochs=20, steps_per_epoch=len(digits[0]), hparams=hparams)
     model, _ = pruner.compress()
