@@ -99,7 +99,7 @@ def make_training_func(
                     optimizer.step()
                     step += 1
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+                    bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
                     if max_steps is not None and step >= max_steps:
                         return
                 for scheduler in schedulers:
