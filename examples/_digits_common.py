@@ -27,6 +27,16 @@ from nni_dpap.report import format_table, layer_costs, totals
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func, seed_everything
 
 
+# Short runs need the schedule relative to the run length (see the README): the
+# released eta values assume 100-300 epochs.
+DIGITS_HPARAMS = {
+    "relative_schedule": True,
+    "conv_eta": 0.2, "linear_eta": 0.2,
+    "conv_start_epoch": 0.0, "linear_start_epoch": 0.0,
+    "conv_eps": 0.8, "linear_eps": 2.0,
+}
+
+
 def parse_args(description: str, defaults: dict[str, Any]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--epochs", type=int, default=defaults["epochs"], help="training epochs (dense and DPAP)")
@@ -35,7 +45,7 @@ def parse_args(description: str, defaults: dict[str, Any]) -> argparse.Namespace
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="seeds of the initial weights and the shuffling (the split is fixed)")
     parser.add_argument("--preset", default="braincog", choices=["braincog", "paper"], help="DPAP rule preset")
-    parser.add_argument("--hparams", type=json.loads, default=defaults["hparams"],
+    parser.add_argument("--hparams", type=json.loads, default=DIGITS_HPARAMS,
                         help="JSON object of DPAP overrides, e.g. '{\"conv_eps\": 0.8}'")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

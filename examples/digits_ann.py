@@ -12,13 +12,7 @@ from _digits_common import parse_args, run
 
 from nni_dpap.models import LeNetANN
 
-HPARAMS = {
-    "relative_schedule": True,
-    "conv_eta": 0.2, "linear_eta": 0.2,
-    "conv_start_epoch": 0.0, "linear_start_epoch": 0.0,
-    "conv_eps": 0.8, "linear_eps": 2.0,
-}
 
 if __name__ == "__main__":
-    args = parse_args(__doc__.splitlines()[0], {"epochs": 40, "lr": 1e-3, "hparams": HPARAMS})
+    args = parse_args(__doc__.splitlines()[0], {"epochs": 40, "lr": 1e-3})
     run(args, lambda: LeNetANN(in_channels=1, input_size=8, num_classes=10), "ANN 20C5-MP2-50C5-MP2-500FC-10FC")

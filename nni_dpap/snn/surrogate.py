@@ -26,33 +26,19 @@ from ..errors import ConfigError
 __all__ = ["SurrogateFunction", "ATanSurrogate", "SigmoidSurrogate", "get_surrogate"]
 
 
-class _ATanSpike(torch.autograd.Function):
+class _HeavisideSpike(torch.autograd.Function):
+    """Heaviside step forward, the surrogate's closed-form derivative backward."""
+
     @staticmethod
-    def forward(ctx: Any, x: Tensor, alpha: float) -> Tensor:
+    def forward(ctx: Any, x: Tensor, surrogate: SurrogateFunction) -> Tensor:
         ctx.save_for_backward(x)
-        ctx.alpha = alpha
+        ctx.surrogate = surrogate
         return (x >= 0).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
-        alpha = ctx.alpha
-        grad = alpha / 2 / (1 + (math.pi / 2 * alpha * x).square())
-        return grad_output * grad, None
-
-
-class _SigmoidSpike(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, alpha: float) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.alpha = alpha
-        return (x >= 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
-        (x,) = ctx.saved_tensors
-        sig = torch.sigmoid(ctx.alpha * x)
-        return grad_output * ctx.alpha * sig * (1 - sig), None
+        return grad_output * ctx.surrogate.derivative(x), None
 
 
 class SurrogateFunction(nn.Module):
@@ -77,6 +63,11 @@ class SurrogateFunction(nn.Module):
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, spiking={self.spiking}"
 
+    def forward(self, x: Tensor) -> Tensor:
+        if self.spiking:
+            return _HeavisideSpike.apply(x, self)
+        return self.primitive(x)
+
     def primitive(self, x: Tensor) -> Tensor:
         """The smooth function whose derivative is the surrogate gradient."""
         raise NotImplementedError
@@ -92,11 +83,6 @@ class ATanSurrogate(SurrogateFunction):
     def __init__(self, alpha: float = 2.0, spiking: bool = True) -> None:
         super().__init__(alpha, spiking)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.spiking:
-            return _ATanSpike.apply(x, self.alpha)
-        return self.primitive(x)
-
     def primitive(self, x: Tensor) -> Tensor:
         return torch.atan(math.pi / 2 * self.alpha * x) / math.pi + 0.5
 
@@ -109,11 +95,6 @@ class SigmoidSurrogate(SurrogateFunction):
 
     def __init__(self, alpha: float = 4.0, spiking: bool = True) -> None:
         super().__init__(alpha, spiking)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.spiking:
-            return _SigmoidSpike.apply(x, self.alpha)
-        return self.primitive(x)
 
     def primitive(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.alpha * x)
