@@ -13,6 +13,7 @@ __all__ = [
     "UnsupportedModuleError",
     "GraphError",
     "ShapeError",
+    "SpeedupError",
 ]
 
 
@@ -34,3 +35,7 @@ class GraphError(DPAPError):
 
 class ShapeError(DPAPError, ValueError):
     """A tensor does not have the layout a spiking module expects."""
+
+
+class SpeedupError(DPAPError):
+    """A model could not be shrunk physically."""
