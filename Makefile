@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-all install clean lint
 
 install: $(STAMP)
 
@@ -26,3 +26,6 @@ test-all: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+lint: $(STAMP)
+	$(BIN)/ruff check nni_dpap tests examples

@@ -20,4 +20,5 @@ if __name__ == "__main__":
         "epochs": 60, "lr": 3e-3,
         "extra": {"T": (int, 4, "number of time steps")},
     })
-    run(args, lambda: SpikingConvNet(in_channels=1, input_size=8, num_classes=10, T=args.T), "SNN 15C3-AP2-40C3-AP2-300FC-10FC")
+    run(args, lambda: SpikingConvNet(in_channels=1, input_size=8, num_classes=10, T=args.T),
+        "SNN 15C3-AP2-40C3-AP2-300FC-10FC")

@@ -128,12 +128,12 @@ class LayerStatistics:
 
     # -- reading -----------------------------------------------------------------------
     def importance(
-        self, connectivity: Tensor | None = None, normalize_factors: bool = False
+        self, connectivity: Tensor | None = None, normalize_factors: bool = False, extra_zeros: int = 0
     ) -> dict[str, Tensor]:
         """Importance of this window: ``'synapse'`` (BCM, Eq. 6), ``'neuron'`` (D, Eq. 7), ``'time'`` (Eq. 8)."""
         out = {
             "synapse": self.bcm.clone(),
-            "neuron": developmental_value(self.bcm, self.trace, connectivity, normalize_factors),
+            "neuron": developmental_value(self.bcm, self.trace, connectivity, normalize_factors, extra_zeros),
         }
         if self.time is not None:
             out["time"] = self.time.clone()

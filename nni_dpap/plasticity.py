@@ -125,9 +125,11 @@ def sliding_threshold(theta: Tensor, post: Tensor, num: int) -> Tensor:
     return theta + (post.float().mean(0) - theta) / num
 
 
-def minmax(x: Tensor) -> Tensor:
-    """``(x - min) / (max - min)`` over all entries; 0.5 everywhere if the range is 0."""
+def minmax(x: Tensor, extra_zeros: int = 0) -> Tensor:
+    """``(x - min) / (max - min)`` over all entries (plus ``extra_zeros`` zeros); 0.5 if the range is 0."""
     lo, hi = x.min(), x.max()
+    if extra_zeros:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     if not bool(hi > lo):
         return torch.full_like(x, 0.5, dtype=torch.float32)
     return (x - lo) / (hi - lo)
@@ -139,6 +141,7 @@ def developmental_value(
     trace: Tensor,
     connectivity: Tensor | None = None,
     normalize_factors: bool = False,
+    extra_zeros: int = 0,
 ) -> Tensor:
     """Dendritic-spine importance of a neuron / channel, Eq. (7).
 
@@ -157,6 +160,9 @@ def developmental_value(
     normalize_factors
         Min-max normalise both factors over the layer before multiplying (the released
         code); ``False`` multiplies the raw sums (the paper).
+    extra_zeros
+        Neurons removed physically from the layer; they count as zeros in the min-max
+        scale, as they do while only masked.
 
     Returns
     -------
@@ -167,7 +173,7 @@ def developmental_value(
         bcm = bcm * connectivity
     spine = bcm.sum(1)
     if normalize_factors:
-        return minmax(spine) * minmax(trace)
+        return minmax(spine, extra_zeros) * minmax(trace, extra_zeros)
     return spine * trace
 
 

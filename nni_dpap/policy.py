@@ -77,6 +77,7 @@ def normalize(
     x: Tensor,
     method: Normalization = "minmax",
     percentiles: tuple[float | None, float] = (None, 75.0),
+    extra_zeros: int = 0,
 ) -> Tensor:
     """Map importance values of one layer into ``[0, 1]`` ("Normalized" of Eq. 9).
 
@@ -89,6 +90,11 @@ def normalize(
         min-max ``clip((x - P_lo) / (P_hi - P_lo), 0, 1)`` as in the released code.
     percentiles
         ``(lo, hi)`` in percent for ``'percentile'``; ``lo=None`` means the minimum.
+    extra_zeros
+        Units that were physically removed from the layer and count with importance 0,
+        exactly what they contribute while they are only masked (a masked unit is
+        silent, so its trace, BCM and D are 0); this keeps a shrunk layer's scale equal
+        to the masked layer's.
 
     Returns
     -------
@@ -96,6 +102,8 @@ def normalize(
         Same shape as ``x``; 0.5 everywhere when the range is zero.
     """
     flat = x.detach().float().flatten()
+    if extra_zeros:
+        flat = torch.cat([flat, flat.new_zeros(extra_zeros)])
     if method == "minmax":
         lo, hi = flat.min(), flat.max()
     elif method == "percentile":
@@ -412,7 +420,7 @@ class SurvivalState:
         self.value = torch.full(shape, float(rule.beta), device=device)
         self.mask = torch.ones(shape, dtype=torch.bool, device=device)
 
-    def step(self, importance: Tensor, epoch: int, keep_at_least: int = 0) -> int:
+    def step(self, importance: Tensor, epoch: int, keep_at_least: int = 0, extra_zeros: int = 0) -> int:
         """Update ``F`` with this epoch's importance (Eqs. 9-11) and prune where ``F < 0``.
 
         Parameters
@@ -424,6 +432,8 @@ class SurvivalState:
         keep_at_least
             Never let fewer than this many units survive (the ones with the highest
             ``F`` are kept); 0 disables the guard.
+        extra_zeros
+            Units of the layer that were removed physically (see :func:`normalize`).
 
         Returns
         -------
@@ -433,7 +443,8 @@ class SurvivalState:
         factor = schedule_factor(epoch, self.rule.eta, self.rule.start_epoch, self.config.schedule)
         if factor == 0.0:
             return 0
-        norm = normalize(importance.to(self.value.device), self.config.normalization, self.config.percentiles)
+        norm = normalize(importance.to(self.value.device), self.config.normalization, self.config.percentiles,
+                         extra_zeros)
         increment = survival_increment(norm, self.rule.eps, self.rule.bonus, self.config.strict_positive)
         self.value = update_survival(self.value, increment, self.rule.gamma, factor)
         alive_before = int(self.mask.sum())

@@ -13,28 +13,31 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from copy import deepcopy
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from nni.compression import TorchEvaluator
 from nni.compression.base.compressor import Pruner
-from nni.compression.base.wrapper import ModuleWrapper
+from nni.compression.base.wrapper import ModuleWrapper, register_wrappers
 from nni.compression.utils.evaluator import Evaluator, ForwardHook, ModuleHook
 from torch import Tensor, nn
 
 from ._config_list import select_targets
 from .adapters import find_adapter
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError
 from .graph import LayerLink, link_layers
+from ._layers import LayerState, group_connectivity
 from .metrics import LayerStatistics
-from .plasticity import developmental_value, reduce_spatial
+from .plasticity import developmental_value
 from .policy import DPAPConfig, SurvivalState, get_preset
+from .shrink import remap_optimizer
+from .speedup import KeptIndices, speedup_with_indices
 
 __all__ = ["DPAPPruner"]
 
 _logger = logging.getLogger(__name__)
 _METRICS = dict[str, dict[str, Tensor]]
+_Reader = tuple[LayerState, "int | None", tuple[Callable[[Tensor], Tensor], ...]]  # layer, call index, replay tail
 
 
 class _ForwardPreHook(ModuleHook):
@@ -44,65 +47,12 @@ class _ForwardPreHook(ModuleHook):
         return self.target.register_forward_pre_hook(hook_func)
 
 
-@dataclass
-class _Layer:
-    """Everything DPAP keeps for one prunable layer."""
-
-    link: LayerLink
-    module: nn.Module
-    n_out: int
-    n_in: int
-    stats: LayerStatistics
-    connectivity: Tensor  # [n_out, n_in] 0/1: synapses the layer's structure allows (groups)
-    neurons: SurvivalState | None
-    synapses: SurvivalState | None
-
-    def steps_per_call(self, modules: Mapping[str, nn.Module]) -> int:
-        if self.link.spiking and self.link.neuron is not None:
-            neuron = modules[self.link.neuron]
-            adapter = find_adapter(neuron)
-            assert adapter is not None
-            return adapter.steps_per_call(neuron)
-        return 1
-
-    def units(self, x: Tensor, steps: int) -> Tensor:
-        """``[steps*B, C, *spatial]`` (or ``[..., N]`` for linear) -> ``[steps, B', C]``."""
-        if self.link.kind == "linear":
-            x = x.reshape(-1, x.shape[-1])
-        if x.shape[0] % steps != 0:
-            raise ShapeError(
-                f"layer {self.link.name!r}: dim 0 of {tuple(x.shape)} is not a multiple of the neuron's "
-                f"T={steps}; feed the layer the time-major folded layout [T*B, ...]"
-            )
-        x = x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
-        return reduce_spatial(x.detach(), channel_dim=2)
-
-    @property
-    def neuron_mask(self) -> Tensor:
-        if self.neurons is not None:
-            return self.neurons.mask
-        return torch.ones(self.n_out, dtype=torch.bool, device=self.connectivity.device)
-
-    @property
-    def synapse_mask(self) -> Tensor:
-        base = self.connectivity.bool()
-        return base & self.synapses.mask if self.synapses is not None else base
-
-
-def _group_connectivity(module: nn.Module, n_out: int, n_in: int) -> Tensor:
-    groups = getattr(module, "groups", 1)
-    if groups == 1:
-        return torch.ones(n_out, n_in)
-    out_group = torch.arange(n_out) // (n_out // groups)
-    in_group = torch.arange(n_in) // (n_in // groups)
-    return (out_group[:, None] == in_group[None, :]).float()
-
-
 def _check_evaluator(evaluator: Any) -> None:
     if evaluator is None:
         raise ConfigError(
             "DPAPPruner prunes while it trains and needs an evaluator: pass "
-            "nni.compression.TorchEvaluator(training_func, nni.trace(torch.optim.Adam)(model.parameters()), training_step)"
+            "nni.compression.TorchEvaluator(training_func, nni.trace(torch.optim.Adam)(model.parameters()), "
+            "training_step)"
         )
     if not isinstance(evaluator, Evaluator):
         raise ConfigError(
@@ -178,6 +128,14 @@ class DPAPPruner(Pruner):
     writer
         Optional ``torch.utils.tensorboard.SummaryWriter``; per epoch it receives the
         kept fraction of every layer and histograms of the survival values.
+    shrink_every
+        Physically shrink the model in place every ``shrink_every`` epochs (once that
+        epoch's masks are fixed and something new was pruned) and keep training the
+        smaller model: the optimizer's parameters and state (Adam moments, SGD momentum)
+        and DPAP's own per-unit state are sliced to the kept units; the LR scheduler
+        keeps working. ``None`` (default) only masks.
+    dummy_input
+        An input batch for shrinking (default: the evaluator's ``dummy_input``).
     existed_wrappers
         Used by ``from_compressor`` to inherit another compressor's wrappers.
 
@@ -205,6 +163,8 @@ class DPAPPruner(Pruner):
         concrete_args: dict[str, Any] | None = None,
         neuron_map: Mapping[str, str] | None = None,
         writer: Any | None = None,
+        shrink_every: int | None = None,
+        dummy_input: Any | None = None,
         existed_wrappers: dict[str, ModuleWrapper] | None = None,
     ) -> None:
         _check_evaluator(evaluator)
@@ -214,6 +174,14 @@ class DPAPPruner(Pruner):
             raise ConfigError(f"keep_at_least must be an int >= 0, got {keep_at_least!r}")
         self.keep_at_least = keep_at_least
         self.dpap_config = get_preset(preset, **dict(hparams or {})).resolve(self.epochs)
+        self.shrink_every = None if shrink_every is None else _positive_int("shrink_every", shrink_every)
+        self._dummy_input = dummy_input if dummy_input is not None else getattr(evaluator, "dummy_input", None)
+        if self.shrink_every is not None and self._dummy_input is None:
+            raise ConfigError(
+                "shrink_every needs an input batch to trace the model: pass dummy_input=... to DPAPPruner "
+                "(or to the TorchEvaluator)"
+            )
+        self._leaf_modules, self._concrete_args = tuple(leaf_modules), concrete_args
         self.user_config_list = deepcopy(config_list)
 
         targets = select_targets(model, config_list)
@@ -234,7 +202,7 @@ class DPAPPruner(Pruner):
 
         self._modules = dict(self.bound_model.named_modules())
         self._neurons = [(m, a) for m in self._modules.values() if (a := find_adapter(m)) is not None]
-        self._layers: dict[str, _Layer] = {}
+        self._layers: dict[str, LayerState] = {}
         for name, link in info.links.items():
             self._layers[name] = self._build_layer(link)
         self.current_epoch = 0
@@ -243,9 +211,12 @@ class DPAPPruner(Pruner):
         self._call_counts: dict[int, int] = defaultdict(int)
         self.history: list[dict[str, Any]] = []
         self.writer = writer
+        self._hooks: list[Any] = []
+        self._pruned_since_shrink = False
+        self.shrinks = 0
 
     # -- construction ------------------------------------------------------------------
-    def _build_layer(self, link: LayerLink) -> _Layer:
+    def _build_layer(self, link: LayerLink) -> LayerState:
         module = self._modules[link.name]
         if link.kind == "linear":
             n_out, n_in = module.out_features, module.in_features
@@ -265,13 +236,13 @@ class DPAPPruner(Pruner):
         if link.kind == "conv" and prune_synapses and getattr(module, "groups", 1) != 1:
             _logger.warning("%s is a grouped conv: kernel-slice pruning is skipped for it", link.name)
             prune_synapses = False
-        return _Layer(
+        return LayerState(
             link=link,
             module=module,
             n_out=n_out,
             n_in=n_in,
             stats=LayerStatistics(n_out, n_in, cfg.trace_tau, cfg.accumulation, device=device),
-            connectivity=_group_connectivity(module, n_out, n_in).to(device),
+            connectivity=group_connectivity(module, n_out, n_in).to(device),
             neurons=SurvivalState((n_out,), rule, cfg, device) if prune_neurons else None,
             synapses=SurvivalState((n_out, n_in), rule, cfg, device) if prune_synapses else None,
         )
@@ -291,13 +262,14 @@ class DPAPPruner(Pruner):
         hooks: list[Any] = [_ForwardPreHook(self.bound_model, "", self._root_hook_factory)]
         for name, layer in self._layers.items():
             hooks.append(_ForwardPreHook(layer.module, name, self._pre_hook_factory(layer)))
-        readers: dict[str, list[tuple[_Layer, int | None, tuple[Callable[[Tensor], Tensor], ...]]]] = defaultdict(list)
+        readers: dict[str, list[_Reader]] = defaultdict(list)
         for layer in self._layers.values():
             for readout in layer.link.readouts:
                 readers[readout.module].append((layer, readout.call_index, readout.tail))
         for module_name, entries in readers.items():
             hooks.append(ForwardHook(self._modules[module_name], module_name, self._post_hook_factory(entries)))
         evaluator.register_hooks(hooks)
+        self._hooks = hooks
 
     def _root_hook_factory(self, buffer: list) -> Callable[..., None]:
         def start_of_forward(module: nn.Module, args: Any) -> None:
@@ -308,7 +280,7 @@ class DPAPPruner(Pruner):
 
         return start_of_forward
 
-    def _pre_hook_factory(self, layer: _Layer) -> Callable[[list], Callable[..., None]]:
+    def _pre_hook_factory(self, layer: LayerState) -> Callable[[list], Callable[..., None]]:
         def factory(buffer: list) -> Callable[..., None]:
             def collect_pre(module: nn.Module, args: tuple[Any, ...]) -> None:
                 if module.training and args and isinstance(args[0], Tensor):
@@ -318,8 +290,7 @@ class DPAPPruner(Pruner):
 
         return factory
 
-    def _post_hook_factory(self, entries: list[tuple[_Layer, int | None, tuple[Callable[[Tensor], Tensor], ...]]]
-                           ) -> Callable[[list], Callable[..., None]]:
+    def _post_hook_factory(self, entries: list[_Reader]) -> Callable[[list], Callable[..., None]]:
         def factory(buffer: list) -> Callable[..., None]:
             def collect_post(module: nn.Module, args: Any, output: Any) -> None:
                 index = self._call_counts[id(module)]
@@ -389,9 +360,9 @@ class DPAPPruner(Pruner):
         normalize_factors = self.dpap_config.normalize_spine_factors
         for name, stats in data.items():
             layer = self._layers[name]
-            connectivity = layer.synapse_mask.float()
             metrics[name] = {
-                "neuron": developmental_value(stats["bcm"], stats["trace"], connectivity, normalize_factors),
+                "neuron": developmental_value(stats["bcm"], stats["trace"], layer.synapse_mask.float(),
+                                              normalize_factors, layer.removed_units),
                 "synapse": stats["bcm"],
             }
         return metrics
@@ -400,11 +371,12 @@ class DPAPPruner(Pruner):
         for name, importance in metrics.items():
             layer = self._layers[name]
             if layer.neurons is not None:
-                layer.neurons.step(importance["neuron"], self.current_epoch, self.keep_at_least)
+                layer.neurons.step(importance["neuron"], self.current_epoch, self.keep_at_least, layer.removed_units)
             if layer.synapses is not None:
                 allowed = layer.connectivity.bool()
                 synapse_importance = torch.where(allowed, importance["synapse"], importance["synapse"][allowed].min())
-                layer.synapses.step(synapse_importance, self.current_epoch, self.keep_at_least)
+                layer.synapses.step(synapse_importance, self.current_epoch, self.keep_at_least,
+                                    layer.removed_synapses)
         return self._nni_masks()
 
     def _nni_masks(self) -> _METRICS:
@@ -436,8 +408,10 @@ class DPAPPruner(Pruner):
 
     def _end_epoch(self) -> None:
         self._commit_pending()
+        kept_before = {n: int(lay.neuron_mask.sum()) for n, lay in self._layers.items()}
         masks = self.generate_masks()
         self.update_masks(masks)
+        self._pruned_since_shrink |= any(int(lay.neuron_mask.sum()) < kept_before[n] for n, lay in self._layers.items())
         for name, layer in self._layers.items():
             if not bool(layer.neuron_mask.all()) or not bool(layer.synapse_mask[layer.connectivity.bool()].all()):
                 self._masked.add(name)
@@ -445,7 +419,58 @@ class DPAPPruner(Pruner):
             layer.stats.end_epoch()
         self._apply_masks_to_parameters(self._masked)
         self._record_epoch()
+        if self.shrink_every is not None and (self.current_epoch + 1) % self.shrink_every == 0 \
+                and self._pruned_since_shrink:
+            self.shrink()
         self.current_epoch += 1
+
+    # -- physical shrinking during training ------------------------------------------------
+    def shrink(self) -> dict[str, KeptIndices]:
+        """Remove the pruned units physically now and carry the training state over.
+
+        The model object stays the same (its layers are replaced in place), so the
+        training loop keeps running on it; the evaluator's optimizers are re-pointed at
+        the new parameters with their state sliced; DPAP's statistics, survival values
+        and masks are sliced to the kept units; the hooks move to the new layers.
+        """
+        if self._dummy_input is None:
+            raise ConfigError("shrinking needs dummy_input=... (DPAPPruner or TorchEvaluator)")
+        model = self.bound_model
+        was_training = model.training
+        old_params = dict(model.named_parameters())
+        masks = self.get_masks()
+        own_hooks = [h for h in self._hooks if h.handle is not None]
+        for hook in own_hooks:
+            hook.remove()
+        if self.evaluator is not None and hasattr(self.evaluator, "_hooks"):
+            self.evaluator._hooks = [h for h in self.evaluator._hooks if h not in own_hooks]
+        model.eval()
+        self.unwrap_model()
+        try:
+            kept = speedup_with_indices(model, self._dummy_input, masks, leaf_modules=self._leaf_modules,
+                                        concrete_args=self._concrete_args)
+        finally:
+            self._module_wrappers, self._target_spaces = register_wrappers(model, self.config_list, self.mode)
+            self.wrap_model()
+            self._register_scalers()
+            model.train(was_training)
+        new_params = dict(model.named_parameters())
+        for optimizer in getattr(self.evaluator, "_optimizers", None) or []:
+            remap_optimizer(optimizer, old_params, new_params, kept)
+        self._modules = dict(model.named_modules())
+        for name, layer in self._layers.items():
+            layer.shrink_to(self._modules[name], kept.get(name))
+        self.update_masks(self._nni_masks())
+        self._masked = set(self._module_wrappers)
+        self._apply_masks_to_parameters(self._masked)
+        if self.evaluator is not None and own_hooks:
+            self._register_hooks(self.evaluator)
+        self._pruned_since_shrink = False
+        self.shrinks += 1
+        _logger.info("DPAP shrank the model at epoch %d: %s", self.current_epoch, ", ".join(
+            f"{n} {lay.n_out}" for n, lay in self._layers.items()))
+        return kept
+
 
     @torch.no_grad()
     def _apply_masks_to_parameters(self, names: set[str] | Sequence[str]) -> None:
@@ -489,14 +514,15 @@ class DPAPPruner(Pruner):
         ]
         _logger.info("DPAP epoch %d: %s", self.current_epoch, "; ".join(parts))
         if self.writer is not None:
+            step = self.current_epoch
             for name, s in summary.items():
-                self.writer.add_scalar(f"dpap/kept_units/{name}", s["neurons_kept"] / s["neurons_total"], self.current_epoch)
-                self.writer.add_scalar(f"dpap/kept_weights/{name}", s["weights_kept"] / s["weights_total"], self.current_epoch)
+                self.writer.add_scalar(f"dpap/kept_units/{name}", s["neurons_kept"] / s["neurons_total"], step)
+                self.writer.add_scalar(f"dpap/kept_weights/{name}", s["weights_kept"] / s["weights_total"], step)
                 layer = self._layers[name]
                 if layer.neurons is not None:
-                    self.writer.add_histogram(f"dpap/survival_units/{name}", layer.neurons.value, self.current_epoch)
+                    self.writer.add_histogram(f"dpap/survival_units/{name}", layer.neurons.value, step)
                 if layer.synapses is not None:
-                    self.writer.add_histogram(f"dpap/survival_synapses/{name}", layer.synapses.value, self.current_epoch)
+                    self.writer.add_histogram(f"dpap/survival_synapses/{name}", layer.synapses.value, step)
 
     # -- persistence ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

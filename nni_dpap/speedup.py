@@ -26,6 +26,7 @@ import io
 import logging
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -42,11 +43,46 @@ from .errors import ShapeError, SpeedupError
 from .graph import trace_model
 from .snn import BaseNeuron, DirectEncoder, TimeAverage
 
-__all__ = ["speedup"]
+__all__ = ["speedup", "speedup_with_indices", "KeptIndices"]
 
 _logger = logging.getLogger(__name__)
 _MASKS = Mapping[str, Mapping[str, Tensor]]
 _TIME_MODULES = (BaseNeuron, DirectEncoder, TimeAverage)
+
+
+@dataclass(frozen=True)
+class KeptIndices:
+    """Which output and input units of a module survived :func:`speedup` (``None``: all)."""
+
+    out: Tensor | None
+    inp: Tensor | None
+
+
+def _coarse(mask: Any, dim: int) -> Tensor | None:
+    """NNI's ``convert_to_coarse_mask``: indices along ``dim`` that are not masked everywhere."""
+    if isinstance(mask, (tuple, list)):
+        mask = mask[0] if len(mask) == 1 else None
+    if not isinstance(mask, Tensor) or mask.dim() <= (dim if dim >= 0 else mask.dim() + dim):
+        return None
+    dims = [d for d in range(mask.dim()) if d != (dim if dim >= 0 else mask.dim() + dim)]
+    return mask.sum(dims).ne(0).nonzero().flatten()
+
+
+class _RecordingReplacer(DefaultReplacer):
+    """NNI's default replacement, remembering the kept unit indices of every replaced module."""
+
+    def __init__(self, rules: dict[str, Any], record: dict[str, KeptIndices]) -> None:
+        super().__init__(rules)
+        self.record = record
+
+    def replace_modules(self, speedup: Any) -> None:
+        for node, info in speedup.node_infos.items():
+            if node.op != "call_module" or node.target in self.record:
+                continue
+            dim = -1 if isinstance(speedup.fetch_attr(node.target), nn.Linear) else 1
+            in_masks = [speedup.node_infos[a].output_masks for a in node.args if isinstance(a, fx.Node)]
+            self.record[str(node.target)] = KeptIndices(_coarse(info.output_masks, dim), _coarse(in_masks, dim))
+        super().replace_modules(speedup)
 
 
 def _neurons(model: nn.Module) -> list[nn.Module]:
@@ -64,7 +100,8 @@ def _channel_keep(mask: Tensor | None) -> Tensor | None:
     """Indices of the channels (dim 1 of a ``[N, C, ...]`` mask) that are not masked everywhere."""
     if not isinstance(mask, Tensor) or mask.dim() < 2:
         return None
-    return mask.flatten(2).ne(0).any(-1).any(0).nonzero().flatten() if mask.dim() > 2 else mask.ne(0).any(0).nonzero().flatten()
+    alive = mask.flatten(2).ne(0).any(-1) if mask.dim() > 2 else mask.ne(0)
+    return alive.any(0).nonzero().flatten()
 
 
 def _replace_neuron(module: nn.Module, masks: tuple[Any, Any, Any]) -> nn.Module:
@@ -169,6 +206,33 @@ def _randomized(value: Any) -> Any:
     return value
 
 
+def speedup_with_indices(
+    model: nn.Module,
+    dummy_input: Tensor | tuple[Any, ...],
+    masks: _MASKS,
+    *,
+    leaf_modules: Sequence[type[nn.Module] | str] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> dict[str, KeptIndices]:
+    """:func:`speedup`, returning the kept output / input indices of every module NNI visited."""
+    inputs = dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
+    masks_copy = _structured(masks)
+    modules = dict(model.named_modules())
+    unknown = sorted(m for m in masks_copy if m not in modules)
+    if unknown:
+        raise SpeedupError(f"masks name modules that are not in the model: {unknown}")
+    was_training = model.training
+    record: dict[str, KeptIndices] = {}
+    _reset(model)
+    with _single_time_step(model):
+        _check_layout(model, inputs)
+        # encoders and decoders are identities at T = 1: leaves that keep the masks
+        leaves = (*leaf_modules, DirectEncoder, TimeAverage)
+        graph_module = fx.GraphModule(model, trace_model(model, leaves, concrete_args))
+        _run_model_speedup(model, inputs, masks_copy, graph_module, was_training, record)
+    return record
+
+
 def speedup(
     model: nn.Module,
     dummy_input: Tensor | tuple[Any, ...],
@@ -198,30 +262,17 @@ def speedup(
         ``model``, with smaller conv / linear / BatchNorm layers; its training mode
         is the one it had before.
     """
-    inputs = dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
-    masks_copy = _structured(masks)
-    modules = dict(model.named_modules())
-    unknown = sorted(m for m in masks_copy if m not in modules)
-    if unknown:
-        raise SpeedupError(f"masks name modules that are not in the model: {unknown}")
-    was_training = model.training
-    _reset(model)
-    with _single_time_step(model):
-        _check_layout(model, inputs)
-        # encoders and decoders are identities at T = 1: leaves that keep the masks
-        leaves = (*leaf_modules, DirectEncoder, TimeAverage)
-        graph_module = fx.GraphModule(model, trace_model(model, leaves, concrete_args))
-        _run_model_speedup(model, inputs, masks_copy, graph_module, was_training)
+    speedup_with_indices(model, dummy_input, masks, leaf_modules=leaf_modules, concrete_args=concrete_args)
     return model
 
 
 def _run_model_speedup(model: nn.Module, inputs: tuple[Any, ...], masks: dict[str, dict[str, Tensor]],
-                       graph_module: fx.GraphModule, was_training: bool) -> None:
+                       graph_module: fx.GraphModule, was_training: bool, record: dict[str, KeptIndices]) -> None:
     neuron_types = tuple({type(n) for n in _neurons(model)})
     identities = tuple({type(m) for m in model.modules() if isinstance(m, (DirectEncoder, TimeAverage))})
     rules = {cls.__name__: _replace_neuron for cls in neuron_types}
     rules.update({cls.__name__: (lambda module, masks: module) for cls in identities})
-    replacers = [DefaultReplacer(rules)]  # a new list on every call: NNI appends to the one it is given
+    replacers: list[Any] = [_RecordingReplacer(rules, record)]  # a new list on every call: NNI appends to it
     no_change = neuron_types + identities
     updaters = [NoChangeMaskUpdater(customized_no_change_act_module=no_change)] if no_change else []
     nni_logger = logging.getLogger("nni_dpap.speedup.nni")
@@ -229,8 +280,9 @@ def _run_model_speedup(model: nn.Module, inputs: tuple[Any, ...], masks: dict[st
     try:
         with _quiet_nni():
             ModelSpeedup(
-                model, _randomized(inputs), masks, batch_size=int(inputs[0].shape[0]), customized_mask_updaters=updaters,
-                customized_replacers=replacers, graph_module=graph_module, logger=nni_logger,
+                model, _randomized(inputs), masks, batch_size=int(inputs[0].shape[0]),
+                customized_mask_updaters=updaters, customized_replacers=replacers, graph_module=graph_module,
+                logger=nni_logger,
             ).speedup_model()
     except (SpeedupError, ShapeError):
         raise

@@ -91,7 +91,7 @@ def make_training_func(
         try:
             for epoch in range(epochs):
                 model.train()
-                for batch in train_loader:
+                for index, batch in enumerate(train_loader):
                     out = training_step(batch, model)
                     loss = out if isinstance(out, Tensor) else (out["loss"] if isinstance(out, dict) else out[0])
                     optimizer.zero_grad(set_to_none=True)
@@ -100,12 +100,14 @@ def make_training_func(
                     step += 1
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
-                    if max_steps is not None and step >= max_steps:
-                        return
+                    if max_steps is not None and step >= max_steps and index + 1 < len(train_loader):
+                        return  # stopped inside an epoch: no epoch-end work
                 for scheduler in schedulers:
                     scheduler.step()
                 if on_epoch_end is not None:
                     on_epoch_end(model, epoch)
+                if max_steps is not None and step >= max_steps:
+                    return
         finally:
             bar.close()
 

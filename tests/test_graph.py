@@ -15,7 +15,7 @@ def test_spiking_convnet_map_from_graph_not_module_order():
     model = SpikingConvNet(1, 8, 10, T=2)
     info = link_layers(model, ["conv1", "conv2", "fc1", "fc2"])
     assert info.output_layers == ("fc2",)
-    assert {n: (l.neuron, l.spiking, l.kind) for n, l in info.links.items()} == {
+    assert {n: (link.neuron, link.spiking, link.kind) for n, link in info.links.items()} == {
         "conv1": ("sn1", True, "conv"), "conv2": ("sn2", True, "conv"), "fc1": ("sn3", True, "linear")}
     assert info.links["fc1"].upstream == "conv2" and info.links["conv1"].upstream is None
 

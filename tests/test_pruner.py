@@ -8,7 +8,7 @@ import torch
 from nni.compression import TorchEvaluator
 from torch import nn
 
-from nni_dpap import DPAPPruner, get_preset
+from nni_dpap import DPAPPruner
 from nni_dpap.errors import ConfigError, GraphError, UnsupportedModuleError
 from nni_dpap.models import SpikingConvNet
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func
@@ -54,7 +54,7 @@ def test_snn_end_to_end(tiny_snn, make_evaluator, digits):
     pruner = DPAPPruner(tiny_snn, CONFIG, make_evaluator(tiny_snn), epochs=epochs,
                         steps_per_epoch=len(digits[0]), hparams=FAST)
     assert pruner.output_layers == ("fc2",)
-    assert {n: l.neuron for n, l in pruner.layers.items()} == {"conv": "sn1", "fc1": "sn2"}
+    assert {n: link.neuron for n, link in pruner.layers.items()} == {"conv": "sn1", "fc1": "sn2"}
     recorded = _spy_masks(pruner)
     fc2_before = tiny_snn.fc2.weight.detach().clone()
     model, masks = pruner.compress()

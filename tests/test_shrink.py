@@ -1,0 +1,124 @@
+"""Shrinking while training: optimizer surgery and DPAPPruner(shrink_every=...)."""
+
+from __future__ import annotations
+
+import nni
+import pytest
+import torch
+from nni.compression import TorchEvaluator
+from torch import nn
+
+from nni_dpap import DPAPPruner
+from nni_dpap.data import digits_loaders
+from nni_dpap.errors import ConfigError
+from nni_dpap.report import layer_costs
+from nni_dpap.shrink import module_of, remap_optimizer, slice_to
+from nni_dpap.speedup import KeptIndices
+from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func
+
+FAST = {"relative_schedule": True, "conv_eta": 0.3, "linear_eta": 0.3, "conv_start_epoch": 0.0,
+        "linear_start_epoch": 0.0, "conv_eps": 1.2, "linear_eps": 1.2, "conv_beta": 2.0, "linear_beta": 2.0}
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p: torch.optim.Adam(p, lr=0.1),
+    lambda p: torch.optim.AdamW(p, lr=0.1, weight_decay=0.1),
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+])
+def test_remap_optimizer_slices_state(make_optimizer):
+    torch.manual_seed(0)
+    old = nn.Linear(4, 3)
+    optimizer = make_optimizer(old.parameters())
+    for _ in range(2):
+        old(torch.rand(5, 4)).pow(2).sum().backward()
+        optimizer.step()
+    before = {k: {s: v.clone() if torch.is_tensor(v) else v for s, v in optimizer.state[p].items()}
+              for k, p in old.named_parameters()}
+    out, inp = torch.tensor([0, 2]), torch.tensor([1, 3])
+    new = nn.Linear(2, 2)
+    with torch.no_grad():
+        new.weight.copy_(old.weight[out][:, inp])
+        new.bias.copy_(old.bias[out])
+    reset = remap_optimizer(optimizer, dict(old.named_parameters()), dict(new.named_parameters()),
+                            {"": KeptIndices(out, inp)})
+    assert reset == []
+    assert optimizer.param_groups[0]["params"] == [new.weight, new.bias]
+    for name, param in new.named_parameters():
+        for key, value in optimizer.state[param].items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                expected = before[name][key][out][:, inp] if name == "weight" else before[name][key][out]
+                assert torch.equal(value, expected), (name, key)
+    new(torch.rand(5, 2)).pow(2).sum().backward()
+    optimizer.step()  # the optimizer keeps working on the new parameters
+
+
+def test_slice_helpers():
+    t = torch.arange(12.0).view(3, 4)
+    assert slice_to(t, KeptIndices(torch.tensor([2]), torch.tensor([0, 3])), (1, 2)).tolist() == [[8.0, 11.0]]
+    assert slice_to(t, KeptIndices(None, None), (1, 4)) is None
+    assert module_of("layer.conv._nni_wrapper.weight") == "layer.conv" and module_of("fc.bias") == "fc"
+
+
+def _run(net_cls, shrink_every, epochs=6):
+    import conftest
+
+    torch.manual_seed(0)
+    model = getattr(conftest, net_cls)()
+    train_loader, test_loader = digits_loaders(64, seed=0)
+    losses: list[float] = []
+
+    def step(batch, m):
+        loss = classification_step(batch, m)
+        losses.append(float(loss.detach()))
+        return loss
+
+    optimizer = nni.trace(torch.optim.Adam)(model.parameters(), lr=3e-3)
+    scheduler = nni.trace(torch.optim.lr_scheduler.StepLR)(optimizer, step_size=2, gamma=0.5)
+    lrs: list[float] = []
+
+    def record_lr(m, epoch):
+        lrs.append(pruner.evaluator._optimizers[0].param_groups[0]["lr"])
+
+    train = make_training_func(train_loader, progress=False, on_epoch_end=record_lr)
+    evaluator = TorchEvaluator(train, optimizer, step, scheduler, dummy_input=torch.rand(4, 1, 8, 8))
+    pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=epochs,
+                        steps_per_epoch=len(train_loader), hparams=FAST, shrink_every=shrink_every)
+    model, _ = pruner.compress()
+    pruner.unwrap_model()
+    costs = {n: c.params_kept for n, c in layer_costs(model, torch.rand(2, 1, 8, 8)).items()}
+    history = [{n: s["neurons_kept"] for n, s in h["layers"].items()} for h in pruner.history]
+    assert lrs == pytest.approx([3e-3 * 0.5 ** ((e + 1) // 2) for e in range(epochs)])  # the scheduler works
+    return pruner, model, evaluate_accuracy(model, test_loader), history, costs, losses, len(train_loader)
+
+
+def test_shrinking_ann_gives_the_same_masks_and_accuracy():
+    plain = _run("TinyANN", None)
+    shrunk = _run("TinyANN", 1)
+    assert shrunk[0].shrinks >= 2 and plain[0].shrinks == 0
+    assert shrunk[3] == plain[3]  # kept units of every layer after every epoch
+    assert shrunk[4] == plain[4]  # effective parameters per layer
+    assert shrunk[2] == pytest.approx(plain[2], abs=1e-9)
+    assert torch.allclose(torch.tensor(shrunk[5]), torch.tensor(plain[5]), atol=1e-4)  # same losses all along
+    model = shrunk[1]
+    assert model.fc1.out_features == shrunk[3][-1]["fc1"] < 32  # physically smaller
+    assert model.conv.out_channels == shrunk[3][-1]["conv"]
+
+
+def test_shrinking_snn_keeps_training():
+    pruner, model, accuracy, history, _, losses, steps = _run("TinySNN", 1)
+    plain_accuracy = _run("TinySNN", None)[2]
+    assert pruner.shrinks >= 2
+    assert model.fc1.out_features == history[-1]["fc1"] < 32
+    assert model.bn.num_features == model.conv.out_channels == history[-1]["conv"]
+    epoch_loss = [sum(losses[i * steps:(i + 1) * steps]) / steps for i in range(len(losses) // steps)]
+    first_shrink = next(i for i, h in enumerate(history) if h["fc1"] < 32)
+    assert epoch_loss[-1] < epoch_loss[first_shrink + 1]  # the shrunk model keeps learning
+    # spikes turn tiny float differences of the smaller matmuls into different spikes now and then,
+    # so the two runs drift apart slowly; they stay close
+    assert abs(accuracy - plain_accuracy) < 0.05
+
+
+def test_shrink_needs_an_input(tiny_ann, make_evaluator, digits):
+    with pytest.raises(ConfigError, match="dummy_input"):
+        DPAPPruner(tiny_ann, [{"op_types": ["Linear"]}], make_evaluator(tiny_ann), epochs=2,
+                   steps_per_epoch=len(digits[0]), shrink_every=1)
