@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import nni
 import pytest
 import torch
+from nni.compression import TorchEvaluator
 
-from nni_dpap.models import LeNetANN, SpikingConvNet
+from nni_dpap import DPAPPruner
+from nni_dpap.errors import ConfigError
+from nni_dpap.models import MODELS, LeNetANN, SpikingConvNet, get_model, model_spec
+from nni_dpap.training import classification_step, make_training_func
 
 
 @pytest.mark.parametrize("size,channels", [(8, 1), (28, 1), (32, 2)])
@@ -27,3 +32,49 @@ def test_lenet_ann():
     model = LeNetANN(1, 28, 10)
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert model.fc1.in_features == 50 * 7 * 7
+
+
+# small widths keep the zoo test fast; the architectures are the paper's
+_SMALL = {"snn_cifar": {"width": 0.25}, "spiking_resnet18": {"width": 0.25}, "vgg16": {"width": 0.125}}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_table_one_network_builds_trains_and_is_prunable(name):
+    torch.manual_seed(0)
+    spec = model_spec(name)
+    shape = (spec.input_shape[0], 32, 32)
+    model = get_model(name, shape, 10, T=2, **_SMALL.get(name, {}))
+    x = torch.rand(2, *shape)
+    out = model(x)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    data = [(torch.rand(4, *shape), torch.randint(0, 10, (4,))) for _ in range(2)]
+    evaluator = TorchEvaluator(make_training_func(data, progress=False),
+                               nni.trace(torch.optim.Adam)(model.parameters(), lr=1e-3), classification_step)
+    hparams = {"relative_schedule": True, "conv_eta": 1.0, "linear_eta": 1.0, "conv_start_epoch": 0.0,
+               "linear_start_epoch": 0.0, "conv_beta": 0.5, "linear_beta": 0.5, "conv_eps": 1.5, "linear_eps": 1.5}
+    pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=3, steps_per_epoch=2,
+                        hparams=hparams)
+    convs_and_linears = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert set(pruner.layers) | set(pruner.output_layers) == set(convs_and_linears)
+    assert len(pruner.output_layers) == 1
+    assert all(link.spiking == spec.spiking for link in pruner.layers.values())
+    _, masks = pruner.compress()
+    summary = pruner.summary()
+    assert sum(s["neurons_kept"] for s in summary.values()) < sum(s["neurons_total"] for s in summary.values())
+
+
+@pytest.mark.slow
+def test_full_size_paper_vgg16():
+    model = get_model("vgg16")
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(165.7e6, rel=0.01)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_registry_errors_and_defaults():
+    with pytest.raises(ConfigError, match="unknown model 'lenet5'.*ann_lenet"):
+        get_model("lenet5")
+    with pytest.raises(ConfigError, match="input_shape"):
+        get_model("ann_lenet", (28, 28))
+    assert isinstance(get_model("snn_mnist"), SpikingConvNet)
+    assert model_spec("snn_mnist").exclude == ("conv1",) and model_spec("snn_mnist").T == 20

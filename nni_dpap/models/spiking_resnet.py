@@ -1,0 +1,68 @@
+"""Spiking ResNet-18 (the paper's ImageNet SNN), in the folded time layout ``[T*B, ...]``."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..snn import DirectEncoder, LIFNeuron, TimeAverage
+
+__all__ = ["SpikingBasicBlock", "SpikingResNet18"]
+
+
+class SpikingBasicBlock(nn.Module):
+    """conv-BN-LIF-conv-BN, plus the (projected) shortcut, then LIF."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int, T: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.sn1 = LIFNeuron(T)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.downsample: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != channels:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride, bias=False),
+                                            nn.BatchNorm2d(channels))
+        self.sn2 = LIFNeuron(T)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(self.sn1(self.bn1(self.conv1(x)))))
+        return self.sn2(out + self.downsample(x))
+
+
+class SpikingResNet18(nn.Module):
+    """ResNet-18 with LIF neurons and direct encoding over ``T`` steps.
+
+    ``small_input=True`` (CIFAR-size images) uses a 3x3 stem without max-pooling; otherwise
+    the ImageNet 7x7/2 stem and max-pool. ``width`` scales all channels.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000, T: int = 4, small_input: bool = False,
+                 width: float = 1.0) -> None:
+        super().__init__()
+        widths = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
+        self.encoder = DirectEncoder(T)
+        if small_input:
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+            self.pool: nn.Module = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
+            self.pool = nn.MaxPool2d(3, 2, 1)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.sn1 = LIFNeuron(T)
+        blocks: list[nn.Module] = []
+        previous = widths[0]
+        for stage, channels in enumerate(widths):
+            for index in range(2):
+                stride = 2 if stage > 0 and index == 0 else 1
+                blocks.append(SpikingBasicBlock(previous, channels, stride, T))
+                previous = channels
+        self.layers = nn.Sequential(*blocks)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(previous, num_classes)
+        self.decoder = TimeAverage(T)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool(self.sn1(self.bn1(self.conv1(self.encoder(x)))))
+        x = self.avgpool(self.layers(x)).flatten(1)
+        return self.decoder(self.fc(x))
