@@ -14,6 +14,8 @@ __all__ = [
     "GraphError",
     "ShapeError",
     "SpeedupError",
+    "DataError",
+    "CheckpointError",
 ]
 
 
@@ -39,3 +41,11 @@ class ShapeError(DPAPError, ValueError):
 
 class SpeedupError(DPAPError):
     """A model could not be shrunk physically."""
+
+
+class DataError(DPAPError, FileNotFoundError):
+    """A data set is missing or unreadable; the message says which files to put where."""
+
+
+class CheckpointError(DPAPError):
+    """A checkpoint is corrupt, incomplete or does not match the run being resumed."""

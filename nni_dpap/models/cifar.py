@@ -26,7 +26,7 @@ class SpikingCifarNet(nn.Module):
         make = (lambda: PLIFNeuron(T)) if neuron == "plif" else (lambda: LIFNeuron(T))
         layers: list[nn.Module] = [DirectEncoder(T)]
         previous = in_channels
-        for index, channels in enumerate((c1, c1, "M", c2, c2, "M", c3, c3)):
+        for channels in (c1, c1, "M", c2, c2, "M", c3, c3):
             if channels == "M":
                 layers.append(nn.MaxPool2d(2))
                 continue
