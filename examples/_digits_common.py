@@ -33,7 +33,7 @@ DIGITS_HPARAMS = {
     "relative_schedule": True,
     "conv_eta": 0.2, "linear_eta": 0.2,
     "conv_start_epoch": 0.0, "linear_start_epoch": 0.0,
-    "conv_eps": 0.8, "linear_eps": 2.0,
+    "conv_eps": 0.6, "linear_eps": 2.0,
 }
 
 

@@ -486,3 +486,29 @@ def upstream_layers(
         if mod is not None and isinstance(mod, _LAYER_TYPES) and str(node.target) not in result:
             result[str(node.target)] = _upstream(modules, node)
     return result
+
+
+def spike_driven_layers(
+    model: nn.Module,
+    leaf_modules: Sequence[type[nn.Module] | str] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> set[str]:
+    """Conv / linear layers whose input depends on the output of a spiking neuron.
+
+    Their inputs are events (spikes, possibly pooled), so each non-zero input costs an
+    accumulate; the others (e.g. the first layer of a directly encoded SNN) see analog
+    values and cost multiply-accumulates.
+    """
+    graph = trace_model(model, leaf_modules, concrete_args)
+    modules = dict(model.named_modules())
+    driven: dict[fx.Node, bool] = {}
+    result: set[str] = set()
+    for node in graph.nodes:  # topological order
+        parents = _nodes_in((node.args, node.kwargs))
+        mod = _module(modules, node)
+        from_spikes = any(driven.get(p, False) or (_module(modules, p) is not None and is_neuron(_module(modules, p)))
+                          for p in parents)
+        driven[node] = from_spikes
+        if mod is not None and isinstance(mod, _LAYER_TYPES) and from_spikes:
+            result.add(str(node.target))
+    return result

@@ -341,11 +341,17 @@ class DPAPPruner(Pruner):
                 "DPAPPruner trains for epochs * steps_per_epoch steps; set epochs= and steps_per_epoch= in its "
                 "constructor instead of passing max_steps / max_epochs to compress()"
             )
-        self._fusion_compress(self.epochs * self.steps_per_epoch, self.epochs)
+        remaining = self.epochs - self.current_epoch  # fewer than epochs after load_state_dict (resume)
+        if remaining <= 0:
+            raise ConfigError(f"all {self.epochs} epochs are done (epoch {self.current_epoch}); nothing to train")
+        self._fusion_compress(remaining * self.steps_per_epoch, remaining)
 
     def compress(self, max_steps: int | None = None, max_epochs: int | None = None
                  ) -> tuple[nn.Module, dict[str, dict[str, Tensor]]]:
-        """Train for ``epochs`` epochs while pruning; returns ``(model, masks)`` in NNI's format."""
+        """Train for ``epochs`` epochs while pruning; returns ``(model, masks)`` in NNI's format.
+
+        After :meth:`load_state_dict` (resuming), only the remaining epochs are trained.
+        """
         return super().compress(max_steps, max_epochs)
 
     # -- the three NNI stages ------------------------------------------------------------

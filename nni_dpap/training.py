@@ -55,6 +55,7 @@ def make_training_func(
     default_epochs: int = 10,
     progress: bool = True,
     on_epoch_end: Callable[[nn.Module, int], None] | None = None,
+    on_train_start: Callable[[nn.Module, torch.optim.Optimizer, list[Any]], None] | None = None,
 ) -> Callable[..., None]:
     """Build an NNI-style training function over ``train_loader``.
 
@@ -67,7 +68,11 @@ def make_training_func(
     progress
         Show a tqdm bar over the optimizer steps.
     on_epoch_end
-        Called as ``on_epoch_end(model, epoch)`` after every epoch (e.g. to evaluate).
+        Called as ``on_epoch_end(model, epoch)`` after every epoch (e.g. to evaluate);
+        ``epoch`` counts the epochs of this call from 0.
+    on_train_start
+        Called as ``on_train_start(model, optimizer, schedulers)`` before the first step
+        (e.g. to restore their state when resuming).
     """
 
     def training_func(
@@ -86,6 +91,8 @@ def make_training_func(
         epochs = max_epochs if max_epochs is not None else (
             -(-max_steps // len(train_loader)) if max_steps is not None else default_epochs)  # type: ignore[arg-type]
         total = min(max_steps, epochs * len(train_loader)) if max_steps is not None else epochs * len(train_loader)  # type: ignore[arg-type]
+        if on_train_start is not None:
+            on_train_start(model, optimizer, schedulers)
         step = 0
         bar = tqdm(total=total, desc="train", unit="step", disable=not progress, leave=False)
         try:

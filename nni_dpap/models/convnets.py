@@ -17,8 +17,9 @@ from ..snn.neurons import BaseNeuron
 __all__ = ["SpikingConvNet", "LeNetANN"]
 
 
-def _neuron(kind: Literal["lif", "plif"], T: int) -> BaseNeuron:
-    return PLIFNeuron(T) if kind == "plif" else LIFNeuron(T)
+def _neuron(kind: Literal["lif", "plif"], T: int, v_threshold: float) -> BaseNeuron:
+    cls = PLIFNeuron if kind == "plif" else LIFNeuron
+    return cls(T, v_threshold=v_threshold)
 
 
 class SpikingConvNet(nn.Module):
@@ -26,8 +27,10 @@ class SpikingConvNet(nn.Module):
 
     ``conv -> LIF -> avg-pool`` twice, then ``fc1 -> LIF -> fc2``; the output is the
     mean over time of ``fc2``'s (analog) output, i.e. the class scores fed to a
-    cross-entropy loss. Input ``[B, C, H, W]`` (static images, encoded inside) or,
-    with ``encode=False``, already-folded frames ``[T*B, C, H, W]`` (event data).
+    cross-entropy loss. The firing threshold is 0.5, as in the released MNIST code
+    (with 1.0 the deeper layers start silent and training takes several epochs to start).
+    Input ``[B, C, H, W]`` (static images, encoded inside) or, with ``encode=False``,
+    already-folded frames ``[T*B, C, H, W]`` (event data).
 
     Parameters
     ----------
@@ -41,6 +44,8 @@ class SpikingConvNet(nn.Module):
         ``'lif'`` or ``'plif'``.
     encode
         Repeat a static input over ``T`` steps (direct encoding).
+    v_threshold
+        Firing threshold of every neuron.
     """
 
     def __init__(
@@ -52,21 +57,22 @@ class SpikingConvNet(nn.Module):
         widths: tuple[int, int, int] = (15, 40, 300),
         neuron: Literal["lif", "plif"] = "lif",
         encode: bool = True,
+        v_threshold: float = 0.5,
     ) -> None:
         super().__init__()
         c1, c2, hidden = widths
         self.T = T
         self.encoder = DirectEncoder(T) if encode else nn.Identity()
         self.conv1 = nn.Conv2d(in_channels, c1, 3, padding=1)
-        self.sn1 = _neuron(neuron, T)
+        self.sn1 = _neuron(neuron, T, v_threshold)
         self.pool1 = nn.AvgPool2d(2)
         self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
-        self.sn2 = _neuron(neuron, T)
+        self.sn2 = _neuron(neuron, T, v_threshold)
         self.pool2 = nn.AvgPool2d(2)
         self.flatten = nn.Flatten()
         side = input_size // 4
         self.fc1 = nn.Linear(c2 * side * side, hidden)
-        self.sn3 = _neuron(neuron, T)
+        self.sn3 = _neuron(neuron, T, v_threshold)
         self.fc2 = nn.Linear(hidden, num_classes)
         self.decoder = TimeAverage(T)
 

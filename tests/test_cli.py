@@ -1,0 +1,124 @@
+"""The nni-dpap command: prune (TensorBoard, checkpoints, resume), report, speedup."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nni_dpap.cli import main
+
+BASE = ["prune", "--model", "snn_mnist", "--data", "digits", "--T", "2", "--epochs", "4", "--no-progress",
+        "--hparams", '{"conv_beta": 2.0, "linear_beta": 2.0}']
+
+
+def _run(args: list[str]) -> int:
+    return main(["--log-level", "WARNING", *args])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("cli") / "x"
+    assert _run([*BASE, "--logdir", str(logdir)]) == 0
+    return logdir
+
+
+def test_prune_writes_run_folder_and_tensorboard(finished_run):
+    for name in ("config.json", "model.pt", "metrics.json", "checkpoint.pt"):
+        assert (finished_run / name).is_file(), name
+    config = json.loads((finished_run / "config.json").read_text())
+    assert config["model"] == "snn_mnist" and config["epochs"] == 4 and config["T"] == 2
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert 0.5 < metrics["accuracy"] <= 1 and 0 < metrics["params_kept"] < 0.9 and len(metrics["history"]) == 4
+    events = EventAccumulator(str(finished_run), size_guidance={"histograms": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "test/accuracy", "dpap/kept_units/fc1", "dpap/kept_weights/conv2",
+                "snn/firing_rate/sn1", "cost/params_kept", "cost/flops_kept", "cost/energy_ratio"):
+        assert tag in scalars, tag
+    assert "dpap/survival_units/fc1" in events.Tags()["histograms"]
+    accuracy = [e.value for e in events.Scalars("test/accuracy")]
+    assert len(accuracy) == 4 and accuracy[-1] == pytest.approx(metrics["history"][-1]["accuracy"])
+    assert events.Scalars("cost/params_kept")[-1].value == pytest.approx(metrics["params_kept"])
+    assert any(tag.startswith("structure") for tag in events.Tags()["tensors"])
+
+
+def test_resume_after_interruption_gives_the_same_result(finished_run, tmp_path):
+    logdir = tmp_path / "resumed"
+    assert _run([*BASE, "--logdir", str(logdir), "--stop-after", "2"]) == 0
+    assert not (logdir / "metrics.json").exists()
+    saved = torch.load(logdir / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 2
+    assert _run(["prune", "--config", str(logdir / "config.json"), "--resume", "--stop-after", "100"]) == 0
+    full = json.loads((finished_run / "metrics.json").read_text())
+    resumed = json.loads((logdir / "metrics.json").read_text())
+    for key in ("accuracy", "params_kept", "flops_kept", "energy_ratio"):
+        assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
+    assert [h["accuracy"] for h in resumed["history"]] == pytest.approx([h["accuracy"] for h in full["history"]])
+    masks_full = torch.load(finished_run / "model.pt", weights_only=True)["masks"]
+    masks_resumed = torch.load(logdir / "model.pt", weights_only=True)["masks"]
+    for module, targets in masks_full.items():
+        for target, mask in targets.items():
+            assert torch.equal(masks_resumed[module][target], mask), (module, target)
+
+
+def test_checkpoints_are_protected(finished_run, tmp_path, capsys):
+    checkpoint = finished_run / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    assert _run([*BASE, "--logdir", str(finished_run)]) == 2
+    assert "already exists: pass --resume" in capsys.readouterr().err
+    assert _run([*BASE, "--logdir", str(finished_run), "--resume", "--lr", "0.01"]) == 2
+    assert "belongs to another run (lr: checkpoint 0.003 vs this run 0.01)" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == before  # a failed run never overwrites it
+    corrupt = tmp_path / "corrupt" / "checkpoint.pt"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(before[: len(before) // 2])
+    assert _run([*BASE, "--logdir", str(corrupt.parent), "--resume"]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert corrupt.read_bytes() == before[: len(before) // 2]
+
+
+def test_report_and_speedup(finished_run, tmp_path, capsys):
+    report = tmp_path / "report.json"
+    assert _run(["report", str(finished_run / "model.pt"), "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "synaptic ops/sample" in out and "fc1" in out
+    structure = json.loads(report.read_text())
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert structure["params_kept"] == pytest.approx(metrics["params_kept"])
+    assert structure["layers"]["conv1"]["spiking_input"] is False and structure["layers"]["fc1"]["spiking_input"]
+    shrunk = tmp_path / "shrunk.pth"
+    assert _run(["speedup", str(finished_run / "model.pt"), "--output", str(shrunk)]) == 0
+    out = capsys.readouterr().out
+    difference = float(out.split("max output difference ")[1].split(";")[0])
+    assert difference < 1e-5
+    model = torch.load(shrunk, weights_only=False)
+    kept = int(structure["layers"]["fc1"]["units"].split("/")[0])
+    assert model.fc1.out_features == kept
+
+
+def test_bad_input(tmp_path, capsys):
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps({"model": "snn_mnist", "epoch": 3}))
+    assert _run(["prune", "--config", str(bad)]) == 2
+    assert "unknown keys ['epoch']" in capsys.readouterr().err
+    assert _run(["prune", "--model", "lenet5", "--logdir", str(tmp_path / "a")]) == 2
+    assert "unknown model 'lenet5'" in capsys.readouterr().err
+    assert _run(["prune", "--data", "cifar10", "--logdir", str(tmp_path / "b")]) == 2
+    assert "data_dir" in capsys.readouterr().err
+    assert _run(["report", str(tmp_path / "nothing.pt")]) == 2
+    assert "no model file" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    proc = subprocess.run([str(Path(sys.executable).parent / "nni-dpap"), "prune", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0
+    for flag in ("--model", "--data", "--data-dir", "--epochs", "--preset", "--T", "--batch-size", "--lr", "--device",
+                 "--seed", "--logdir", "--checkpoint", "--config", "--resume"):
+        assert flag in proc.stdout
