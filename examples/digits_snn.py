@@ -3,7 +3,7 @@
 Trains the dense SNN and the DPAP-pruned SNN for the same number of epochs from the
 same initial weights and prints accuracy, prunable parameters kept, FLOPs kept and
 the channels / neurons kept per layer, as mean and spread over three seeds. Runs
-offline on 2 CPU cores in about 80 seconds.
+offline on 2 CPU cores in about 90 seconds.
 
     python examples/digits_snn.py --epochs 60 --T 4
 """
