@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = argparse.SUPPRESS  # unset flags stay unset, so --config values are not overridden by defaults
     p.add_argument("--config", help="JSON file of the options below (e.g. a run's config.json)")
     p.add_argument("--model", default=s, help=f"zoo model name (default {PRUNE_DEFAULTS['model']}); see README")
-    p.add_argument("--data", default=s, help="digits, mnist5k, mnist, fashion_mnist, cifar10, cifar100 "
-                                               "(default digits, embedded)")
+    p.add_argument("--data", default=s, help="digits, mnist5k, mnist, fashion_mnist, cifar10, cifar100, nmnist, "
+                                               "dvs_gesture, cifar10_dvs (default digits, embedded)")
     p.add_argument("--data-dir", default=s, help="folder with the data set files (not needed for digits, mnist5k)")
     p.add_argument("--download", action="store_true", default=s, help="download missing data (needs internet)")
     p.add_argument("--epochs", type=int, default=s, help="training epochs; DPAP's schedule spans them (default 30)")
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "schedule relative to --epochs, see README)")
     p.add_argument("--paper-settings", action="store_true", default=s,
                    help="use the released per-experiment settings and exclusions of this zoo model (long runs)")
-    p.add_argument("--T", type=int, default=s, help="SNN time steps (default: the model's)")
+    p.add_argument("--T", type=int, default=s, help="SNN time steps, and frames of event data (default: the model's)")
     p.add_argument("--batch-size", type=int, default=s, help="training batch size (default 64)")
     p.add_argument("--lr", type=float, default=s, help="learning rate (default 3e-3)")
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=s, help="optimizer (default adam)")
@@ -183,11 +183,13 @@ class _FiringRates:
             handle.remove()
 
 
-def _structure(model: nn.Module, example: torch.Tensor, prunable: Sequence[str]) -> dict[str, Any]:
+def _structure(model: nn.Module, example: torch.Tensor, prunable: Sequence[str],
+               time_steps: int | None = None) -> dict[str, Any]:
     from .report import activity_costs, layer_costs, totals
 
-    costs = layer_costs(model, example[:2])
-    activity = activity_costs(model, example, costs)
+    costs = layer_costs(model, _take(example, 2, time_steps))
+    samples = example.shape[0] // time_steps if time_steps else None
+    activity = activity_costs(model, example, costs, samples=samples)
     all_totals, prunable_totals = totals(costs), totals(costs, prunable)
     energy = sum(a.energy_pj for a in activity.values())
     dense_energy = sum(a.dense_energy_pj for a in activity.values())
@@ -229,15 +231,22 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("--device cuda was asked for but CUDA is not available on this machine; use --device cpu")
 
     seed_everything(config["seed"])
-    data = load_data(config["data"], config["data_dir"], config["download"])
-    train_loader, test_loader = make_loaders(data, config["batch_size"], config["seed"], config["num_workers"])
     spec = model_spec(config["model"])
-    model = get_model(config["model"], data.input_shape, data.num_classes, config["T"]).to(device)
+    data = load_data(config["data"], config["data_dir"], config["download"], T=config["T"] or spec.T or 10)
+    train_loader, test_loader = make_loaders(data, config["batch_size"], config["seed"], config["num_workers"])
+    extra: dict[str, Any] = {}
+    if data.time_steps is not None:
+        if not spec.spiking:
+            raise ConfigError(f"{config['data']} is event data (frames over time); use a spiking model, "
+                              f"not {config['model']!r}")
+        extra = {"encode": False}  # the frames are already the T time steps
+    model = get_model(config["model"], data.input_shape, data.num_classes, data.time_steps or config["T"],
+                      **extra).to(device)
     hparams, config_list = _dpap_settings(config)
     logdir.mkdir(parents=True, exist_ok=True)
     (logdir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     writer = SummaryWriter(str(logdir))
-    example = next(iter(test_loader))[0][:64].to(device)
+    example = _take(next(iter(test_loader))[0], 64, data.time_steps).to(device)
 
     optimizer = _optimizer(config, model)
     scheduler = None
@@ -293,7 +302,8 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
 
     train = make_training_func(train_loader, progress=not config["no_progress"], on_epoch_end=on_epoch_end,
                                on_train_start=on_train_start)
-    evaluator = TorchEvaluator(train, optimizer, training_step, scheduler, dummy_input=example[:2])
+    evaluator = TorchEvaluator(train, optimizer, training_step, scheduler,
+                               dummy_input=_take(example, 2, data.time_steps))
     pruner = DPAPPruner(model, config_list, evaluator, epochs=config["epochs"], steps_per_epoch=len(train_loader),
                         preset=config["preset"], hparams=hparams, writer=writer)
     if resumed:
@@ -317,7 +327,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     pruner.unwrap_model()
 
     accuracy = evaluate_accuracy(model, test_loader)
-    structure = _structure(model, example, list(pruner.layers))
+    structure = _structure(model, example, list(pruner.layers), data.time_steps)
     metrics = {"accuracy": accuracy, "epochs": config["epochs"], **structure, "history": history}
     for key in ("params_kept", "flops_kept", "energy_ratio"):
         writer.add_scalar(f"cost/{key}", structure[key], config["epochs"])
@@ -327,7 +337,8 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     writer.add_text("structure", table)
     writer.close()
     torch.save({"format": ARTIFACT_FORMAT, "model": config["model"], "input_shape": list(data.input_shape),
-                "num_classes": data.num_classes, "T": config["T"], "data": config["data"],
+                "num_classes": data.num_classes, "T": data.time_steps or config["T"], "data": config["data"],
+                "time_steps": data.time_steps, "data_dir": config["data_dir"],
                 "state_dict": model.state_dict(), "masks": {m: dict(t) for m, t in masks.items()},
                 "prunable": list(pruner.layers)},
                logdir / "model.pt")
@@ -335,7 +346,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     if config["speedup"]:
         from .speedup import speedup
 
-        speedup(model, example[:2], masks)
+        speedup(model, _take(example, 2, data.time_steps), masks)
         torch.save(model, logdir / "model_speedup.pth")
     print(f"\n{spec.description} on {config['data']}: test accuracy {accuracy:.2%}, prunable params kept "
           f"{structure['params_kept']:.1%}, FLOPs kept {structure['flops_kept']:.1%}, "
@@ -343,6 +354,13 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     print(table)
     print(f"\nrun folder: {logdir} (tensorboard --logdir {logdir})")
     return metrics
+
+
+def _take(batch: torch.Tensor, n: int, time_steps: int | None) -> torch.Tensor:
+    """The first ``n`` samples of a batch; folded event batches ``[T*B, ...]`` keep all T steps of each."""
+    if time_steps is None:
+        return batch[:n]
+    return batch.unflatten(0, (time_steps, -1))[:, :n].flatten(0, 1)
 
 
 class _StopRun(Exception):
@@ -367,7 +385,9 @@ def load_artifact(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(f"{path} is not a readable nni-dpap model file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(artifact, dict) or artifact.get("format") != ARTIFACT_FORMAT:
         raise CheckpointError(f"{path} is not a model.pt written by 'nni-dpap prune' (format {ARTIFACT_FORMAT})")
-    model = get_model(artifact["model"], tuple(artifact["input_shape"]), artifact["num_classes"], artifact["T"])
+    extra = {"encode": False} if artifact.get("time_steps") else {}
+    model = get_model(artifact["model"], tuple(artifact["input_shape"]), artifact["num_classes"], artifact["T"],
+                      **extra)
     try:
         model.load_state_dict(artifact["state_dict"])
     except RuntimeError as exc:
@@ -378,12 +398,13 @@ def load_artifact(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 def _example_batch(artifact: dict[str, Any], data_dir: str | None) -> torch.Tensor:
     from .data import load_data, make_loaders
 
+    steps = artifact.get("time_steps")
     try:
-        data = load_data(artifact["data"], data_dir)
-        return next(iter(make_loaders(data, 64)[1]))[0][:64]
+        data = load_data(artifact["data"], data_dir or artifact.get("data_dir"), T=steps or 10)
+        return _take(next(iter(make_loaders(data, 64)[1]))[0], 64, steps)
     except DPAPError as exc:
         _logger.warning("cannot read %s (%s); measuring activity on random inputs", artifact["data"], exc)
-        return torch.rand(16, *artifact["input_shape"])
+        return torch.rand(16 * (steps or 1), *artifact["input_shape"])
 
 
 def run_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -391,7 +412,7 @@ def run_report(args: argparse.Namespace) -> dict[str, Any]:
 
     model, artifact = load_artifact(args.model_file)
     example = _example_batch(artifact, args.data_dir)
-    structure = _structure(model, example, artifact["prunable"])
+    structure = _structure(model, example, artifact["prunable"], artifact.get("time_steps"))
     rows = [[n, "yes" if n in artifact["prunable"] else "no", layer["units"],
              f"{layer['params_kept']:,}/{layer['params_total']:,}", f"{layer['macs_kept']:,}/{layer['macs_total']:,}",
              f"{layer['input_rate']:.3f}", "AC" if layer["spiking_input"] else "MAC"]
@@ -415,7 +436,7 @@ def run_speedup(args: argparse.Namespace) -> nn.Module:
     before = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         reference = model(example)
-    speedup(model, example[:2], artifact["masks"])
+    speedup(model, _take(example, 2, artifact.get("time_steps")), artifact["masks"])
     with torch.no_grad():
         difference = float((model(example) - reference).abs().max())
     after = sum(p.numel() for p in model.parameters())

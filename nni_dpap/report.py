@@ -172,13 +172,16 @@ class ActivityCost:
 
 @torch.no_grad()
 def activity_costs(model: nn.Module, inputs: Tensor, costs: Mapping[str, LayerCost] | None = None,
-                   leaf_modules: Sequence[type[nn.Module] | str] = ()) -> dict[str, ActivityCost]:
+                   leaf_modules: Sequence[type[nn.Module] | str] = (), samples: int | None = None
+                   ) -> dict[str, ActivityCost]:
     """Synaptic operations and estimated energy of every conv / linear layer on ``inputs``.
 
     ``dense_*`` values are what the same layer would cost with all its weights and units
     (and the same activity), so ``energy / dense_energy`` is the pruning's energy ratio.
+    ``samples`` is the number of examples in ``inputs`` (default ``inputs.shape[0]``; give
+    it for event data already folded to ``[T*B, ...]``).
     """
-    costs = dict(costs) if costs is not None else layer_costs(model, inputs[:1], leaf_modules)
+    costs = dict(costs) if costs is not None else layer_costs(model, inputs, leaf_modules)
     modules = dict(model.named_modules())
     driven = spike_driven_layers(model, leaf_modules)
     seen: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in costs}  # rows, non-zero entries, entries
@@ -201,7 +204,7 @@ def activity_costs(model: nn.Module, inputs: Tensor, costs: Mapping[str, LayerCo
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    batch = inputs.shape[0]
+    batch = samples if samples is not None else inputs.shape[0]
     result: dict[str, ActivityCost] = {}
     for name, cost in costs.items():
         rows, nonzero, total = seen[name]

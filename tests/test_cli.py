@@ -122,3 +122,24 @@ def test_console_script_help():
     for flag in ("--model", "--data", "--data-dir", "--epochs", "--preset", "--T", "--batch-size", "--lr", "--device",
                  "--seed", "--logdir", "--checkpoint", "--config", "--resume"):
         assert flag in proc.stdout
+
+
+def test_prune_on_event_data(tmp_path):
+    import numpy as np
+
+    from nni_dpap.events import EVENT_DTYPE, write_nmnist_bin
+
+    rng = np.random.default_rng(0)
+    for split, n in (("Train", 4), ("Test", 2)):
+        for digit in range(10):
+            for i in range(n):
+                ev = np.empty(150, dtype=EVENT_DTYPE)
+                ev["x"], ev["y"] = rng.integers(0, 34, 150), rng.integers(0, 34, 150)
+                ev["p"], ev["t"] = rng.integers(0, 2, 150), np.sort(rng.integers(0, 100_000, 150))
+                write_nmnist_bin(tmp_path / "data" / "NMNIST" / split / str(digit) / f"{i}.bin", ev)
+    logdir = tmp_path / "run"
+    assert _run(["prune", "--model", "snn_mnist", "--data", "nmnist", "--data-dir", str(tmp_path / "data"),
+                 "--T", "3", "--epochs", "2", "--batch-size", "8", "--logdir", str(logdir), "--no-progress"]) == 0
+    metrics = json.loads((logdir / "metrics.json").read_text())
+    assert metrics["layers"]["conv1"]["spiking_input"] is False and metrics["layers"]["fc1"]["spiking_input"]
+    assert _run(["speedup", str(logdir / "model.pt"), "--output", str(tmp_path / "s.pth")]) == 0

@@ -16,15 +16,16 @@ class SpikingCifarNet(nn.Module):
 
     As in the released CIFAR-10 code: conv (no bias) -> BatchNorm -> PLIF for the convs,
     linear -> LIF for the hidden FC layer; direct encoding over ``T`` steps; the output
-    is the time mean of the last layer. ``width`` scales every layer (1.0 = the paper).
+    is the time mean of the last layer. ``width`` scales every layer (1.0 = the paper);
+    ``encode=False`` takes already-folded event frames ``[T*B, C, H, W]``.
     """
 
     def __init__(self, in_channels: int = 3, input_size: int = 32, num_classes: int = 10, T: int = 8,
-                 width: float = 1.0, neuron: Literal["plif", "lif"] = "plif") -> None:
+                 width: float = 1.0, neuron: Literal["plif", "lif"] = "plif", encode: bool = True) -> None:
         super().__init__()
         c1, c2, c3, hidden = (max(1, round(c * width)) for c in (128, 256, 512, 512))
         make = (lambda: PLIFNeuron(T)) if neuron == "plif" else (lambda: LIFNeuron(T))
-        layers: list[nn.Module] = [DirectEncoder(T)]
+        layers: list[nn.Module] = [DirectEncoder(T) if encode else nn.Identity()]
         previous = in_channels
         for channels in (c1, c1, "M", c2, c2, "M", c3, c3):
             if channels == "M":

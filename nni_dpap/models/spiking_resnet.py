@@ -34,14 +34,15 @@ class SpikingResNet18(nn.Module):
     """ResNet-18 with LIF neurons and direct encoding over ``T`` steps.
 
     ``small_input=True`` (CIFAR-size images) uses a 3x3 stem without max-pooling; otherwise
-    the ImageNet 7x7/2 stem and max-pool. ``width`` scales all channels.
+    the ImageNet 7x7/2 stem and max-pool. ``width`` scales all channels; ``encode=False``
+    takes already-folded event frames ``[T*B, C, H, W]``.
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1000, T: int = 4, small_input: bool = False,
-                 width: float = 1.0) -> None:
+                 width: float = 1.0, encode: bool = True) -> None:
         super().__init__()
         widths = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
-        self.encoder = DirectEncoder(T)
+        self.encoder: nn.Module = DirectEncoder(T) if encode else nn.Identity()
         if small_input:
             self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
             self.pool: nn.Module = nn.Identity()
