@@ -77,7 +77,7 @@ def test_dvs_gesture_and_cifar10_dvs_loaders(tmp_path):
     gesture = load_data("dvs_gesture", tmp_path, T=4)
     assert gesture.num_classes == 11 and len(gesture.train) == 2 and gesture.train[1][1] == 10
     assert gesture.train[0][0].sum() == 100
-    for label, name in enumerate(("airplane", "truck")):
+    for name in ("airplane", "truck"):
         for i in range(4):
             write_aedat2(tmp_path / "CIFAR10DVS" / name / f"cifar10_{name}_{i}.aedat", _events(50, 128, i))
     dvs = load_data("cifar10_dvs", tmp_path, T=3, test_fraction=0.25)
