@@ -1,9 +1,9 @@
 """Recognise spiking-neuron modules of any library through small adapters.
 
-An adapter tells DPAP three things about a neuron module: whether a module is one
+An adapter tells DPAP four things about a neuron module: whether a module is one
 of its neurons, how many time steps one call's input/output carries (``T`` for a
-multi-step call on the folded layout ``[T*B, ...]``, 1 for a single-step call), and
-how to reset its state. nni-dpap's own neurons go through the same interface as the
+multi-step call on the folded layout ``[T*B, ...]``, 1 for a single-step call), how
+to reset its state and how to silence (channel, time step) pairs. nni-dpap's own neurons go through the same interface as the
 ones of other libraries; adding a library is one adapter registered with
 :func:`register_adapter`.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from torch import nn
+from torch import Tensor, nn
 
 from .snn.neurons import BaseNeuron
 
@@ -34,6 +34,9 @@ class NeuronAdapter(Protocol):
     def reset(self, module: nn.Module) -> None:
         """Forget the neuron's state (membrane potential)."""
 
+    def set_time_mask(self, module: nn.Module, mask: Tensor | None) -> None:
+        """Silence channel ``c`` at step ``t`` where ``mask[c, t] == 0`` (temporal pruning)."""
+
 
 class NativeAdapter:
     """nni-dpap's own neurons (:class:`nni_dpap.snn.BaseNeuron` and subclasses)."""
@@ -51,6 +54,10 @@ class NativeAdapter:
         assert isinstance(module, BaseNeuron)
         module.reset()
 
+    def set_time_mask(self, module: nn.Module, mask: Tensor | None) -> None:
+        assert isinstance(module, BaseNeuron)
+        module.set_time_mask(mask)
+
 
 _ADAPTERS: list[NeuronAdapter] = [NativeAdapter()]
 
@@ -58,7 +65,8 @@ _ADAPTERS: list[NeuronAdapter] = [NativeAdapter()]
 def register_adapter(adapter: NeuronAdapter) -> None:
     """Add an adapter (checked before the ones already registered)."""
     if not isinstance(adapter, NeuronAdapter):
-        raise TypeError(f"{adapter!r} does not implement NeuronAdapter (name, matches, steps_per_call, reset)")
+        raise TypeError(f"{adapter!r} does not implement NeuronAdapter "
+                        "(name, matches, steps_per_call, reset, set_time_mask)")
     _ADAPTERS.insert(0, adapter)
 
 

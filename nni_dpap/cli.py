@@ -189,7 +189,7 @@ def _structure(model: nn.Module, example: torch.Tensor, prunable: Sequence[str],
 
     costs = layer_costs(model, _take(example, 2, time_steps))
     samples = example.shape[0] // time_steps if time_steps else None
-    activity = activity_costs(model, example, costs, samples=samples)
+    activity = activity_costs(model, example, samples=samples)
     all_totals, prunable_totals = totals(costs), totals(costs, prunable)
     energy = sum(a.energy_pj for a in activity.values())
     dense_energy = sum(a.dense_energy_pj for a in activity.values())

@@ -152,13 +152,14 @@ ENERGY_MAC_PJ = 0.9 + 3.7
 
 @dataclass(frozen=True)
 class ActivityCost:
-    """Operations one layer performs per sample (all time steps), measured on real inputs.
+    """Operations one layer performed per sample (all time steps), counted on real inputs.
 
-    ``spiking_input``: the layer's input comes from spiking neurons (spikes, possibly pooled),
-    so each non-zero input costs accumulates (synaptic operations, SOPs); otherwise
-    multiply-accumulates. ``ops`` is the layer's kept MACs times its number of time steps
-    times the fraction of non-zero inputs (the usual firing-rate estimate of SOPs); for
-    analog inputs all MACs count.
+    ``spiking_input``: the layer's input comes from spiking neurons, so an operation is an
+    accumulate (a synaptic operation, SOP), triggered by a non-zero input event and a
+    non-zero weight; otherwise every input is multiplied (MAC). ``ops`` counts exactly the
+    pairs (input event, non-zero weight) the layer's convolution or product touches, so
+    pruned weights, removed units, silent neurons and silenced time steps all cost
+    nothing. ``dense_*``: the same inputs with every weight present.
     """
 
     name: str
@@ -170,32 +171,49 @@ class ActivityCost:
     dense_energy_pj: float
 
 
+def _count_ops(module: nn.Module, events: Tensor) -> tuple[float, float]:
+    """Exact number of (non-zero input, weight) products of ``module`` on ``events`` (0/1), and with all weights."""
+    weight = module.weight.detach()
+    present = weight.ne(0).to(events.dtype)
+    if isinstance(module, nn.Linear):
+        flat = events.reshape(-1, events.shape[-1])
+        return float((flat @ present.t()).sum()), float(flat.sum() * weight.shape[0])
+    conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}[weight.dim() - 2]
+    if isinstance(module.padding, str):
+        padding: Any = module.padding
+    else:
+        padding = module.padding
+    args = (None, module.stride, padding, module.dilation, module.groups)
+    return float(conv(events, present, *args).sum()), float(conv(events, torch.ones_like(present), *args).sum())
+
+
 @torch.no_grad()
-def activity_costs(model: nn.Module, inputs: Tensor, costs: Mapping[str, LayerCost] | None = None,
-                   leaf_modules: Sequence[type[nn.Module] | str] = (), samples: int | None = None
-                   ) -> dict[str, ActivityCost]:
+def activity_costs(model: nn.Module, inputs: Tensor, leaf_modules: Sequence[type[nn.Module] | str] = (),
+                   samples: int | None = None) -> dict[str, ActivityCost]:
     """Synaptic operations and estimated energy of every conv / linear layer on ``inputs``.
 
-    ``dense_*`` values are what the same layer would cost with all its weights and units
-    (and the same activity), so ``energy / dense_energy`` is the pruning's energy ratio.
     ``samples`` is the number of examples in ``inputs`` (default ``inputs.shape[0]``; give
-    it for event data already folded to ``[T*B, ...]``).
+    it for event data already folded to ``[T*B, ...]``). ``energy / dense_energy`` is the
+    energy of the pruned network relative to the same network with all its weights.
     """
-    costs = dict(costs) if costs is not None else layer_costs(model, inputs, leaf_modules)
     modules = dict(model.named_modules())
+    layers = [n for n, m in modules.items() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
     driven = spike_driven_layers(model, leaf_modules)
-    seen: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in costs}  # rows, non-zero entries, entries
+    seen: dict[str, list[float]] = {name: [0.0, 0.0, 0.0, 0.0] for name in layers}  # ops, dense, non-zero, entries
 
     def hook(name: str):
         def record(module: nn.Module, args: Any) -> None:
-            x = args[0]
+            x = args[0].detach()
+            events = x.ne(0).to(torch.float32) if name in driven else torch.ones_like(x, dtype=torch.float32)
+            ops, dense = _count_ops(module, events)
             stats = seen[name]
-            stats[0] += x.shape[0]
-            stats[1] += float(x.ne(0).sum())
-            stats[2] += x.numel()
+            stats[0] += ops
+            stats[1] += dense
+            stats[2] += float(x.ne(0).sum())
+            stats[3] += x.numel()
         return record
 
-    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in costs]
+    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in layers]
     was_training = model.training
     model.eval()
     try:
@@ -206,13 +224,10 @@ def activity_costs(model: nn.Module, inputs: Tensor, costs: Mapping[str, LayerCo
             handle.remove()
     batch = samples if samples is not None else inputs.shape[0]
     result: dict[str, ActivityCost] = {}
-    for name, cost in costs.items():
-        rows, nonzero, total = seen[name]
-        rate = nonzero / total if total else 0.0
-        steps = rows / batch
+    for name in layers:
+        ops, dense, nonzero, total = seen[name]
         spiking = name in driven
-        scale = steps * (rate if spiking else 1.0)
         energy = ENERGY_AC_PJ if spiking else ENERGY_MAC_PJ
-        result[name] = ActivityCost(name, spiking, rate, cost.macs_kept * scale, cost.macs_total * scale,
-                                    cost.macs_kept * scale * energy, cost.macs_total * scale * energy)
+        result[name] = ActivityCost(name, spiking, nonzero / total if total else 0.0, ops / batch, dense / batch,
+                                    ops / batch * energy, dense / batch * energy)
     return result

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -59,3 +60,36 @@ def test_grouped_conv_input_liveness():
     costs = layer_costs(model, torch.rand(1, 1, 1, 1))
     # group 0 of conv "2" (outputs 0, 1) reads inputs 0, 1; input 0 is dead
     assert costs["2"].params_kept == 2 * 1 + 2 * 2 + 4
+
+
+def test_synaptic_operations_equal_a_hand_count():
+    from nni_dpap.report import ENERGY_AC_PJ, ENERGY_MAC_PJ, activity_costs
+    from nni_dpap.snn import LIFNeuron
+
+    model = nn.Sequential(nn.Linear(3, 2, bias=False), LIFNeuron(T=2, v_threshold=0.5), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]))
+        model[2].weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))  # 3 non-zero weights
+    # one sample, T = 2: first layer analog (MACs with the 3 non-zero weights, 2 steps -> 6)
+    x = torch.tensor([[2.0, 0.0, 0.0], [2.0, 0.0, 0.0]])  # [T*B, 3]
+    # neuron 0: h1 = 1 -> spike; h2 = 0 + 1 -> spike; neuron 1 never fires.
+    # second layer: 2 input spikes of neuron 0, fan-out 2 (column 0 has 2 non-zero weights) -> 4 SOPs
+    costs = activity_costs(model, x, samples=1)
+    assert costs["0"].spiking_input is False and costs["0"].ops == 6 and costs["0"].dense_ops == 12
+    assert costs["2"].spiking_input is True and costs["2"].ops == 4 and costs["2"].dense_ops == 4
+    assert costs["2"].energy_pj == pytest.approx(4 * ENERGY_AC_PJ) and costs["0"].energy_pj == pytest.approx(6 * ENERGY_MAC_PJ)
+    # silencing neuron 0 at step 1 removes 2 SOPs
+    model[1].set_time_mask(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    assert activity_costs(model, x, samples=1)["2"].ops == 2
+
+
+def test_conv_operations_count_padding_and_pruned_channels():
+    from nni_dpap.report import activity_costs
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].weight[1] = 0  # channel 1 pruned
+    costs = activity_costs(model, torch.ones(1, 1, 3, 3))
+    # analog input: each of the 9 outputs of channel 0 sums its in-bounds neighbours: 4*4 + 4*6 + 9 = 49
+    assert costs["0"].ops == 49 and costs["0"].dense_ops == 98

@@ -97,3 +97,25 @@ def test_each_neuron_gets_its_own_surrogate():
     assert a.surrogate is not b.surrogate
     assert "tau=2.0" in repr(a) and "alpha=2.0" in repr(a)
     assert math.isclose(PLIFNeuron(T=1).tau, 2.0)
+
+
+def test_time_mask_silences_steps_and_survives_state_dict():
+    x = torch.full((3 * 2, 2, 1, 1), 3.0)  # T = 3, B = 2, C = 2: every neuron fires at every step
+    neuron = LIFNeuron(T=3, tau=2.0)
+    assert neuron(x).view(3, 2, 2).sum() == 12
+    mask = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])  # [C, T]
+    neuron.set_time_mask(mask)
+    out = neuron(x).view(3, 2, 2)
+    assert out[:, :, 0].tolist() == [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
+    assert out[:, :, 1].tolist() == [[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]
+    single = LIFNeuron(step_mode="s")
+    single.set_time_mask(mask)
+    steps = torch.stack([single(x[:2]) for _ in range(3)])
+    assert torch.equal(steps.view(3, 2, 2), out)
+    fresh = LIFNeuron(T=3)
+    fresh.load_state_dict(neuron.state_dict())
+    assert torch.equal(fresh.time_mask, mask) and torch.equal(fresh(x), neuron(x))
+    fresh.load_state_dict(LIFNeuron(T=3).state_dict())
+    assert fresh.time_mask is None
+    with pytest.raises(ShapeError, match="time mask for 2 channels"):
+        neuron(torch.ones(3, 5))

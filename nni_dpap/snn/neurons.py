@@ -85,6 +85,10 @@ class BaseNeuron(nn.Module):
         self.v: Tensor | None = None
         self.h_seq: Tensor | None = None
         self.v_seq: Tensor | None = None
+        self._step = 0  # time step of the next single-step call
+        # [C, T] 0/1: channel c may fire at step t (temporal pruning); None: always. Channel-first,
+        # so that removing channels (speedup) slices it like any per-channel buffer.
+        self.register_buffer("time_mask", None)
 
     # -- step mode -------------------------------------------------------------------
     @property
@@ -131,6 +135,38 @@ class BaseNeuron(nn.Module):
         self.v = None
         self.h_seq = None
         self.v_seq = None
+        self._step = 0
+
+    def set_time_mask(self, mask: Tensor | None) -> None:
+        """Silence channel ``c`` at time step ``t`` wherever ``mask[c, t] == 0`` (``None``: no mask).
+
+        A silenced neuron does not fire at that step (and is therefore not reset by a
+        spike); its membrane keeps integrating.
+        """
+        if mask is not None and mask.dim() != 2:
+            raise ShapeError(f"time_mask must be [channels, T], got shape {tuple(mask.shape)}")
+        self.time_mask = None if mask is None else mask.detach().to(torch.float32).clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + "time_mask"
+        if key in state_dict:  # the buffer's shape is only known once a mask was set: take the saved one
+            self.time_mask = state_dict[key].detach().clone()
+        elif self.time_mask is not None:
+            self.time_mask = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _gate(self, spike: Tensor, t: int) -> Tensor:
+        if self.time_mask is None:
+            return spike
+        if t >= self.time_mask.shape[1] or spike.dim() < 2 or spike.shape[1] != self.time_mask.shape[0]:
+            raise ShapeError(
+                f"{type(self).__name__} has a time mask for {self.time_mask.shape[0]} channels and "
+                f"{self.time_mask.shape[1]} steps but got step {t} of an input with shape {tuple(spike.shape)}"
+            )
+        gate = self.time_mask[:, t].to(spike.dtype)
+        return spike * gate.view(1, -1, *([1] * (spike.dim() - 2)))
 
     # -- forward ---------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -148,7 +184,8 @@ class BaseNeuron(nn.Module):
                 "(nni_dpap.snn.reset_net(model) or install nni_dpap.snn.auto_reset(model) once)"
             )
         h = self.neuronal_charge(self.v, x)
-        spike = self.neuronal_fire(h)
+        spike = self._gate(self.neuronal_fire(h), self._step)
+        self._step += 1
         self.v = self.neuronal_reset(h, spike)
         return spike
 
@@ -164,7 +201,7 @@ class BaseNeuron(nn.Module):
         spikes, hs, vs = [], [], []
         for t in range(T):
             h = self.neuronal_charge(v, xs[t])
-            s = self.neuronal_fire(h)
+            s = self._gate(self.neuronal_fire(h), t)
             v = self.neuronal_reset(h, s)
             spikes.append(s)
             if self.store_v:
