@@ -37,6 +37,7 @@ class LayerState:
     synapses: SurvivalState | None
     units_built: int = 0  # output units and allowed synapses of the layer as built, before any shrink
     synapses_built: int = 0
+    time: SurvivalState | None = None  # [n_out, T] (neuron, time step) pairs, created at the first update
 
     def __post_init__(self) -> None:
         self.units_built = self.units_built or self.n_out
@@ -110,6 +111,8 @@ class LayerState:
         if layer.synapses is not None:
             layer.synapses.value = cut(layer.synapses.value, (0, 1))
             layer.synapses.mask = cut(layer.synapses.mask, (0, 1))
+        if layer.time is not None:
+            layer.time.value, layer.time.mask = cut(layer.time.value, (0,)), cut(layer.time.mask, (0,))
         layer.module, layer.n_out, layer.n_in = module, n_out, n_in
         layer.connectivity = group_connectivity(module, n_out, n_in).to(layer.connectivity.device)
 

@@ -3,9 +3,9 @@
 An adapter tells DPAP four things about a neuron module: whether a module is one
 of its neurons, how many time steps one call's input/output carries (``T`` for a
 multi-step call on the folded layout ``[T*B, ...]``, 1 for a single-step call), how
-to reset its state and how to silence (channel, time step) pairs. nni-dpap's own neurons go through the same interface as the
-ones of other libraries; adding a library is one adapter registered with
-:func:`register_adapter`.
+to reset its state and how to silence (channel, time step) pairs. nni-dpap's own
+neurons go through the same interface as the ones of other libraries; adding a
+library is one adapter registered with :func:`register_adapter`.
 """
 
 from __future__ import annotations

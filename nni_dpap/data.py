@@ -6,6 +6,8 @@
   MNIST networks run on their true input size without a download.
 * ``mnist``, ``fashion_mnist``: torchvision, from the IDX files under ``data_dir``.
 * ``cifar10``, ``cifar100``: the official python-pickle batches under ``data_dir``.
+* ``event_digits``: the digits seen by a simulated event camera in N-MNIST's format
+  (:mod:`nni_dpap.event_digits`), generated once into ``data_dir`` or the cache folder.
 * ``nmnist``, ``dvs_gesture``, ``cifar10_dvs``: event streams binned into ``T`` frames
   (see :func:`events_to_frames`); N-MNIST ``.bin`` files, DVS-Gesture in tonic's
   ``.npy`` layout and CIFAR10-DVS ``.aedat`` (AEDAT 2.0, as released; ``.aedat4`` with
@@ -230,7 +232,7 @@ DATASETS: dict[str, Callable[..., DataSplit]] = {
     "cifar10": _cifar("cifar10"),
     "cifar100": _cifar("cifar100"),
 }
-EVENT_DATASETS = ("nmnist", "dvs_gesture", "cifar10_dvs")
+EVENT_DATASETS = ("event_digits", "nmnist", "dvs_gesture", "cifar10_dvs")
 
 
 def load_data(name: str, data_dir: str | Path | None = None, download: bool = False, test_fraction: float = 0.2,

@@ -137,18 +137,27 @@ def events_to_frames(events: np.ndarray, sensor_size: tuple[int, int], T: int) -
 
 
 class EventFrames(Dataset):
-    """Event files and labels, read and binned into ``[T, 2, H, W]`` frames on access."""
+    """Event files and labels, read and binned into ``[T, 2, H, W]`` frames on access.
+
+    ``cache=True`` keeps the frames in memory after the first read (small data sets).
+    """
 
     def __init__(self, files: list[Path], labels: list[int], reader: Callable[[Path], np.ndarray],
-                 sensor_size: tuple[int, int], T: int) -> None:
+                 sensor_size: tuple[int, int], T: int, cache: bool = False) -> None:
         self.files, self.labels, self.reader = files, labels, reader
         self.sensor_size, self.T = sensor_size, T
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return events_to_frames(self.reader(self.files[index]), self.sensor_size, self.T), self.labels[index]
+        if self._cache is not None and index in self._cache:
+            return self._cache[index], self.labels[index]
+        frames = events_to_frames(self.reader(self.files[index]), self.sensor_size, self.T)
+        if self._cache is not None:
+            self._cache[index] = frames
+        return frames, self.labels[index]
 
 
 def _tonic_download(name: str, root: Path) -> None:
@@ -164,7 +173,7 @@ def _tonic_download(name: str, root: Path) -> None:
         cls(str(root), train=False)
 
 
-def _nmnist(root: Path, T: int) -> tuple[EventFrames, EventFrames]:
+def _nmnist(root: Path, T: int, cache: bool = False) -> tuple[EventFrames, EventFrames]:
     parts = []
     for split in ("Train", "Test"):
         folder = root / "NMNIST" / split
@@ -172,7 +181,7 @@ def _nmnist(root: Path, T: int) -> tuple[EventFrames, EventFrames]:
         if not files:
             raise DataError(f"N-MNIST is not in {folder}: put the .bin files in {folder}/<digit>/ "
                             "(Train and Test), or pass --download (needs the events extra and internet)")
-        parts.append(EventFrames(files, [int(f.parent.name) for f in files], read_nmnist_bin, (34, 34), T))
+        parts.append(EventFrames(files, [int(f.parent.name) for f in files], read_nmnist_bin, (34, 34), T, cache))
     return parts[0], parts[1]
 
 
@@ -216,6 +225,11 @@ def load_event_data(name: str, data_dir: Path | None, download: bool, T: int, te
     """Load an event data set as ``[T, 2, H, W]`` frames (use through :func:`nni_dpap.data.load_data`)."""
     from .data import DataSplit
 
+    if name == "event_digits":  # simulated offline, cached, read by the N-MNIST loader
+        from .event_digits import make_event_digits
+
+        train, test = _nmnist(make_event_digits(data_dir, split_seed=seed), T, cache=True)
+        return DataSplit(name, train, test, (2, 34, 34), 10, T)
     if data_dir is None:
         raise DataError(f"{name} is read from disk: give the folder with data_dir=... (--data-dir)")
     if download:

@@ -325,12 +325,12 @@ class DPAPConfig:
                 rules[kind][name] = value
             else:
                 top[key] = tuple(value) if key == "percentiles" else value
-        for kind, changes in rules.items():
+        for kind, changes in rules.items():  # conv, linear, then time
             if not changes:
                 continue
             base = getattr(self, kind)
-            if base is None:  # time rule defaults to the linear rule's values
-                base = self.linear
+            if base is None:  # the time rule starts from the (updated) linear rule's values
+                base = top.get("linear", self.linear)
             top[kind] = dataclasses.replace(base, **changes)
         return dataclasses.replace(self, **top)
 

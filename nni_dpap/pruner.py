@@ -128,6 +128,11 @@ class DPAPPruner(Pruner):
     writer
         Optional ``torch.utils.tensorboard.SummaryWriter``; per epoch it receives the
         kept fraction of every layer and histograms of the survival values.
+    temporal
+        Also prune in time (spiking nets only): every (neuron or channel, time step) pair
+        has a survival value driven by its time-step importance (Eq. 8); a pair whose value
+        falls below zero is silenced at that step for the rest of training (the neuron may
+        not fire then). Off by default.
     shrink_every
         Physically shrink the model in place every ``shrink_every`` epochs (once that
         epoch's masks are fixed and something new was pruned) and keep training the
@@ -163,6 +168,7 @@ class DPAPPruner(Pruner):
         concrete_args: dict[str, Any] | None = None,
         neuron_map: Mapping[str, str] | None = None,
         writer: Any | None = None,
+        temporal: bool = False,
         shrink_every: int | None = None,
         dummy_input: Any | None = None,
         existed_wrappers: dict[str, ModuleWrapper] | None = None,
@@ -195,6 +201,15 @@ class DPAPPruner(Pruner):
                 "Select hidden conv/linear layers that are followed by a neuron or activation."
             )
         self.output_layers: tuple[str, ...] = info.output_layers
+        self.temporal = bool(temporal)
+        if self.temporal:
+            for link in info.links.values():
+                if not link.spiking or link.neuron is None:
+                    raise ConfigError(
+                        f"temporal=True prunes (neuron, time step) pairs of spiking neurons, but layer {link.name!r} "
+                        f"is followed by {link.neuron or 'a functional activation'}, not a spiking neuron: use "
+                        "temporal=False for ANNs, or exclude the layer from the config_list"
+                    )
         norms = sorted({bn for link in info.links.values() for bn in link.norms})
         internal = [{"op_names": sorted(info.links)}] + ([{"op_names": norms}] if norms else [])
         super().__init__(model=model, config_list=internal, evaluator=evaluator, existed_wrappers=existed_wrappers)
@@ -241,7 +256,8 @@ class DPAPPruner(Pruner):
             module=module,
             n_out=n_out,
             n_in=n_in,
-            stats=LayerStatistics(n_out, n_in, cfg.trace_tau, cfg.accumulation, device=device),
+            stats=LayerStatistics(n_out, n_in, cfg.trace_tau, cfg.accumulation, temporal=self.temporal,
+                                  device=device),
             connectivity=group_connectivity(module, n_out, n_in).to(device),
             neurons=SurvivalState((n_out,), rule, cfg, device) if prune_neurons else None,
             synapses=SurvivalState((n_out, n_in), rule, cfg, device) if prune_synapses else None,
@@ -359,6 +375,8 @@ class DPAPPruner(Pruner):
         data: _METRICS = {}
         for name, layer in self._layers.items():
             data[name] = {"bcm": layer.stats.bcm.clone(), "trace": layer.stats.trace.clone()}
+            if layer.stats.time is not None:
+                data[name]["time"] = layer.stats.time.clone()
         return data
 
     def _calculate_metrics(self, data: _METRICS) -> _METRICS:
@@ -371,6 +389,8 @@ class DPAPPruner(Pruner):
                                               normalize_factors, layer.removed_units),
                 "synapse": stats["bcm"],
             }
+            if "time" in stats:
+                metrics[name]["time"] = stats["time"].t()  # [n_out, T], Eq. (8)
         return metrics
 
     def _generate_sparsity(self, metrics: _METRICS) -> _METRICS:
@@ -383,7 +403,35 @@ class DPAPPruner(Pruner):
                 synapse_importance = torch.where(allowed, importance["synapse"], importance["synapse"][allowed].min())
                 layer.synapses.step(synapse_importance, self.current_epoch, self.keep_at_least,
                                     layer.removed_synapses)
+            if "time" in importance:
+                if layer.time is None:
+                    layer.time = SurvivalState(tuple(importance["time"].shape),
+                                               self.dpap_config.rule("time", layer.link.kind), self.dpap_config,
+                                               layer.connectivity.device)
+                steps = importance["time"].shape[1]
+                layer.time.step(importance["time"], self.current_epoch, self.keep_at_least,
+                                layer.removed_units * steps)
         return self._nni_masks()
+
+    def _apply_time_masks(self) -> None:
+        """Silence the pruned (neuron, time step) pairs.
+
+        A neuron fed by several layers keeps a pair that any of them keeps.
+        """
+        keep: dict[str, Tensor] = {}
+        for layer in self._layers.values():
+            if layer.time is None or layer.link.neuron is None:
+                continue
+            mask = (layer.time.mask & layer.neuron_mask[:, None]).float()
+            name = layer.link.neuron
+            keep[name] = torch.maximum(keep[name], mask) if name in keep and keep[name].shape == mask.shape else mask
+        for name, mask in keep.items():
+            neuron = self._modules[name]
+            adapter = find_adapter(neuron)
+            if adapter is None or not hasattr(adapter, "set_time_mask"):
+                raise ConfigError(f"the neuron {name!r} cannot be silenced per time step (its adapter has no "
+                                  "set_time_mask): use temporal=False")
+            adapter.set_time_mask(neuron, None if bool(mask.all()) else mask)
 
     def _nni_masks(self) -> _METRICS:
         masks: _METRICS = {}
@@ -424,6 +472,8 @@ class DPAPPruner(Pruner):
                 self._masked.update(layer.link.norms)
             layer.stats.end_epoch()
         self._apply_masks_to_parameters(self._masked)
+        if self.temporal:
+            self._apply_time_masks()
         self._record_epoch()
         if self.shrink_every is not None and (self.current_epoch + 1) % self.shrink_every == 0 \
                 and self._pruned_since_shrink:
@@ -469,6 +519,8 @@ class DPAPPruner(Pruner):
         self.update_masks(self._nni_masks())
         self._masked = set(self._module_wrappers)
         self._apply_masks_to_parameters(self._masked)
+        if self.temporal:
+            self._apply_time_masks()
         if self.evaluator is not None and own_hooks:
             self._register_hooks(self.evaluator)
         self._pruned_since_shrink = False
@@ -508,7 +560,17 @@ class DPAPPruner(Pruner):
                 "weights_kept": int(mask.count_nonzero()) if mask is not None else weight.numel(),
                 "weights_total": weight.numel(),
             }
+            if layer.time is not None:
+                alive = layer.neuron_mask[:, None].expand_as(layer.time.mask)
+                out[name]["steps_kept"] = int((layer.time.mask & alive).sum())
+                out[name]["steps_total"] = int(alive.sum())
         return out
+
+    def time_sparsity(self) -> float:
+        """Fraction of the (live neuron, time step) pairs that temporal pruning silenced (0 without it)."""
+        summary = self.summary().values()
+        total = sum(s.get("steps_total", 0) for s in summary)
+        return 1.0 - sum(s.get("steps_kept", 0) for s in summary) / total if total else 0.0
 
     def _record_epoch(self) -> None:
         summary = self.summary()
@@ -518,6 +580,8 @@ class DPAPPruner(Pruner):
             f"{s['weights_kept'] / max(s['weights_total'], 1):.1%} weights"
             for name, s in summary.items()
         ]
+        if self.temporal:
+            parts.append(f"time sparsity {self.time_sparsity():.1%}")
         _logger.info("DPAP epoch %d: %s", self.current_epoch, "; ".join(parts))
         if self.writer is not None:
             step = self.current_epoch
@@ -529,6 +593,8 @@ class DPAPPruner(Pruner):
                     self.writer.add_histogram(f"dpap/survival_units/{name}", layer.neurons.value, step)
                 if layer.synapses is not None:
                     self.writer.add_histogram(f"dpap/survival_synapses/{name}", layer.synapses.value, step)
+                if "steps_total" in s:
+                    self.writer.add_scalar(f"dpap/kept_steps/{name}", s["steps_kept"] / max(s["steps_total"], 1), step)
 
     # -- persistence ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -542,6 +608,7 @@ class DPAPPruner(Pruner):
                     "stats": layer.stats.state_dict(),
                     "neurons": None if layer.neurons is None else layer.neurons.state_dict(),
                     "synapses": None if layer.synapses is None else layer.synapses.state_dict(),
+                    "time": None if layer.time is None else layer.time.state_dict(),
                 }
                 for name, layer in self._layers.items()
             },
@@ -564,8 +631,17 @@ class DPAPPruner(Pruner):
                     raise ConfigError(f"DPAP state of {name!r}: {key} pruning differs from this pruner's preset")
                 if survival is not None:
                     survival.load_state_dict(entry[key])
+            saved_time = entry.get("time")
+            if saved_time is not None:
+                if not self.temporal:
+                    raise ConfigError(f"DPAP state of {name!r} has temporal masks but this pruner has temporal=False")
+                layer.time = SurvivalState(tuple(saved_time["value"].shape), self.dpap_config.rule(
+                    "time", layer.link.kind), self.dpap_config, layer.connectivity.device)
+                layer.time.load_state_dict(saved_time)
         self.current_epoch = int(state["epoch"])
         self._global_step = int(state["global_step"])
         self.update_masks(self._nni_masks())
         self._masked = set(self._module_wrappers)
         self._apply_masks_to_parameters(self._masked)
+        if self.temporal:
+            self._apply_time_masks()

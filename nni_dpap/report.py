@@ -178,12 +178,9 @@ def _count_ops(module: nn.Module, events: Tensor) -> tuple[float, float]:
     if isinstance(module, nn.Linear):
         flat = events.reshape(-1, events.shape[-1])
         return float((flat @ present.t()).sum()), float(flat.sum() * weight.shape[0])
-    conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}[weight.dim() - 2]
-    if isinstance(module.padding, str):
-        padding: Any = module.padding
-    else:
-        padding = module.padding
-    args = (None, module.stride, padding, module.dilation, module.groups)
+    functional = torch.nn.functional
+    conv = {1: functional.conv1d, 2: functional.conv2d, 3: functional.conv3d}[weight.dim() - 2]
+    args = (None, module.stride, module.padding, module.dilation, module.groups)
     return float(conv(events, present, *args).sum()), float(conv(events, torch.ones_like(present), *args).sum())
 
 

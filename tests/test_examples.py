@@ -27,3 +27,31 @@ def test_example_runs_and_reports(script, tmp_path):
     run = result["runs"][0]
     assert 0.0 < run["prunable_params_fraction"] <= 1.0 and 0.0 <= run["dpap_accuracy"] <= 1.0
     assert run["layers"]["fc2"]["pruned"] is False
+
+
+def _events_example(tmp_path, *extra: str) -> dict:
+    out = tmp_path / "events.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "events_snn.py"), "--data-dir", str(tmp_path / "ev"),
+         "--no-progress", "--json", str(out), *extra],
+        capture_output=True, text=True, timeout=1800, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "time sparsity" in proc.stdout and "energy (measured)" in proc.stdout
+    return json.loads(out.read_text())["results"]
+
+
+def test_events_example_runs(tmp_path):
+    results = _events_example(tmp_path, "--epochs", "2")
+    assert set(results) == {"dense", "DPAP space", "DPAP space + time"}
+    assert results["dense"]["energy_ratio"] == 1.0 and results["DPAP space"]["time_sparsity"] == 0.0
+
+
+@pytest.mark.slow
+def test_events_example_meets_its_targets(tmp_path):
+    """The README's run: time sparsity > 0, energy below the space-only run, accuracy within 2 points."""
+    results = _events_example(tmp_path)
+    st, space, dense = results["DPAP space + time"], results["DPAP space"], results["dense"]
+    assert st["time_sparsity"] > 0
+    assert st["energy_ratio"] < space["energy_ratio"]
+    assert st["accuracy"] >= dense["accuracy"] - 0.02
