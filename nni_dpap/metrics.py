@@ -12,7 +12,7 @@ Pure torch, no NNI.
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 import torch
 from torch import Tensor
@@ -66,6 +66,9 @@ class LayerStatistics:
         self.time: Tensor | None = None
         self._pre: list[Tensor] = []
         self._post: list[Tensor] = []
+        # maps this process's batch mean of the post trace to the one the threshold should follow
+        # (the mean over data-parallel ranks, see nni_dpap.distributed); identity by default
+        self.batch_mean: Callable[[Tensor], Tensor] = lambda mean: mean
 
     # -- feeding -----------------------------------------------------------------------
     def add_pre(self, chunk: Tensor) -> None:
@@ -114,7 +117,8 @@ class LayerStatistics:
         post_trace = spike_trace_sequence(post, self.tau)[-1]  # [B, n_out]
         self.num_batches += 1
         self.bcm += bcm_plasticity(pre_traces[-1], post_trace, self.theta)
-        self.theta = sliding_threshold(self.theta, post_trace, self.num_batches)
+        self.theta = sliding_threshold(self.theta, self.batch_mean(post_trace.mean(0, keepdim=True)),
+                                       self.num_batches)
         self.trace += post_trace.sum(0)
         if self.temporal:
             contribution = timestep_importance(pre_traces, post)

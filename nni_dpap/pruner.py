@@ -10,6 +10,7 @@ before ``update_masks``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from copy import deepcopy
@@ -21,14 +22,16 @@ from nni.compression.base.compressor import Pruner
 from nni.compression.base.wrapper import ModuleWrapper, register_wrappers
 from nni.compression.utils.evaluator import Evaluator, ForwardHook, ModuleHook
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ._config_list import select_targets
 from .adapters import find_adapter
 from .errors import ConfigError
-from .graph import LayerLink, link_layers
+from .graph import GraphInfo, LayerLink, link_layers
 from ._layers import LayerState, group_connectivity
 from .metrics import LayerStatistics
 from .plasticity import developmental_value
+from .distributed import mean_over_ranks, sum_over_ranks, world_size
 from .policy import DPAPConfig, SurvivalState, get_preset
 from .shrink import remap_optimizer
 from .speedup import KeptIndices, speedup_with_indices
@@ -45,6 +48,21 @@ class _ForwardPreHook(ModuleHook):
 
     def _register(self, hook_func: Callable[..., Any]) -> torch.utils.hooks.RemovableHandle:
         return self.target.register_forward_pre_hook(hook_func)
+
+
+def _with_prefix(info: GraphInfo, prefix: str) -> GraphInfo:
+    """``info`` with every module name prefixed (the names of a DistributedDataParallel model)."""
+    if not prefix:
+        return info
+    links = {
+        prefix + name: dataclasses.replace(
+            link, name=prefix + link.name, neuron=None if link.neuron is None else prefix + link.neuron,
+            readouts=tuple(dataclasses.replace(r, module=prefix + r.module) for r in link.readouts),
+            norms=tuple(prefix + n for n in link.norms),
+            upstream=None if link.upstream is None else prefix + link.upstream)
+        for name, link in info.links.items()
+    }
+    return GraphInfo(links, tuple(prefix + n for n in info.output_layers))
 
 
 def _check_evaluator(evaluator: Any) -> None:
@@ -182,6 +200,9 @@ class DPAPPruner(Pruner):
         self.dpap_config = get_preset(preset, **dict(hparams or {})).resolve(self.epochs)
         self.shrink_every = None if shrink_every is None else _positive_int("shrink_every", shrink_every)
         self._dummy_input = dummy_input if dummy_input is not None else getattr(evaluator, "dummy_input", None)
+        if self.shrink_every is not None and isinstance(model, DistributedDataParallel):
+            raise ConfigError("shrink_every is not supported for DistributedDataParallel models yet; use "
+                              "shrink_every=None and shrink the trained model with nni_dpap.speedup.speedup")
         if self.shrink_every is not None and self._dummy_input is None:
             raise ConfigError(
                 "shrink_every needs an input batch to trace the model: pass dummy_input=... to DPAPPruner "
@@ -191,8 +212,15 @@ class DPAPPruner(Pruner):
         self.user_config_list = deepcopy(config_list)
 
         targets = select_targets(model, config_list)
-        info = link_layers(model, targets, leaf_modules=leaf_modules, concrete_args=concrete_args,
-                           neuron_map=neuron_map)
+        # a DistributedDataParallel model is traced through its module; names keep DDP's "module." prefix
+        self._prefix = "module." if isinstance(model, DistributedDataParallel) else ""
+        inner = model.module if self._prefix else model
+        info = link_layers(inner, [t[len(self._prefix):] for t in targets], leaf_modules=leaf_modules,
+                           concrete_args=concrete_args,
+                           neuron_map={k[len(self._prefix):] if k.startswith(self._prefix) else k:
+                                       v[len(self._prefix):] if v.startswith(self._prefix) else v
+                                       for k, v in (neuron_map or {}).items()})
+        info = _with_prefix(info, self._prefix)
         for name in info.output_layers:
             _logger.info("%s is an output layer: DPAP never prunes output layers, it is left untouched", name)
         if not info.links:
@@ -275,7 +303,8 @@ class DPAPPruner(Pruner):
 
     # -- NNI hooks and trigger ---------------------------------------------------------
     def _register_hooks(self, evaluator: Evaluator) -> None:
-        hooks: list[Any] = [_ForwardPreHook(self.bound_model, "", self._root_hook_factory)]
+        root = self.bound_model.module if self._prefix else self.bound_model  # NNI re-wraps DDP models
+        hooks: list[Any] = [_ForwardPreHook(root, "", self._root_hook_factory)]
         for name, layer in self._layers.items():
             hooks.append(_ForwardPreHook(layer.module, name, self._pre_hook_factory(layer)))
         readers: dict[str, list[_Reader]] = defaultdict(list)
@@ -337,6 +366,9 @@ class DPAPPruner(Pruner):
         evaluator.patch_optimizer_step(before_step_tasks=[], after_step_tasks=[after_optimizer_step])
 
     def _fuse_preprocess(self, evaluator: Evaluator) -> None:
+        if world_size() > 1:  # data-parallel: the thresholds follow the mean over the ranks
+            for layer in self._layers.values():
+                layer.stats.batch_mean = mean_over_ranks
         self._register_hooks(evaluator)
         self._register_trigger(evaluator)
 
@@ -374,9 +406,10 @@ class DPAPPruner(Pruner):
     def _collect_data(self) -> _METRICS:
         data: _METRICS = {}
         for name, layer in self._layers.items():
-            data[name] = {"bcm": layer.stats.bcm.clone(), "trace": layer.stats.trace.clone()}
+            # sums over the data-parallel ranks (plain copies in a single process)
+            data[name] = {"bcm": sum_over_ranks(layer.stats.bcm), "trace": sum_over_ranks(layer.stats.trace)}
             if layer.stats.time is not None:
-                data[name]["time"] = layer.stats.time.clone()
+                data[name]["time"] = sum_over_ranks(layer.stats.time)
         return data
 
     def _calculate_metrics(self, data: _METRICS) -> _METRICS:
@@ -597,8 +630,16 @@ class DPAPPruner(Pruner):
                     self.writer.add_scalar(f"dpap/kept_steps/{name}", s["steps_kept"] / max(s["steps_total"], 1), step)
 
     # -- persistence ---------------------------------------------------------------------
+    def _canonical(self, name: str) -> str:
+        return name[len(self._prefix):] if self._prefix and name.startswith(self._prefix) else name
+
     def state_dict(self) -> dict[str, Any]:
-        """DPAP's whole state (statistics, survival values, masks, epoch) for checkpoints."""
+        """DPAP's whole state (statistics, survival values, masks, epoch) for checkpoints.
+
+        Layer names are those of the plain model (without DistributedDataParallel's
+        ``module.``), so a checkpoint of a data-parallel run resumes in one process and
+        the other way round.
+        """
         return {
             "epoch": self.current_epoch,
             "global_step": self._global_step,
@@ -610,13 +651,15 @@ class DPAPPruner(Pruner):
                     "synapses": None if layer.synapses is None else layer.synapses.state_dict(),
                     "time": None if layer.time is None else layer.time.state_dict(),
                 }
-                for name, layer in self._layers.items()
+                for name, layer in ((self._canonical(n), lay) for n, lay in self._layers.items())
             },
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output and re-apply its masks."""
         layers = state.get("layers") if isinstance(state, Mapping) else None
+        if isinstance(layers, Mapping):
+            layers = {self._prefix + self._canonical(k): v for k, v in layers.items()}
         if not isinstance(layers, Mapping) or set(layers) != set(self._layers):
             got = sorted(layers) if isinstance(layers, Mapping) else type(layers).__name__
             raise ConfigError(
