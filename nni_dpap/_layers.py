@@ -7,7 +7,7 @@ NNI side (wrappers, masks in NNI's format, hooks) to itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -52,25 +52,30 @@ class LayerState:
     def removed_synapses(self) -> int:
         return self.synapses_built - int(self.connectivity.sum())
 
-    def steps_per_call(self, modules: Mapping[str, nn.Module]) -> int:
+    def pre_rows(self, x: Tensor) -> Tensor:
+        """The layer's input as ``[rows, n_in]``: one row per (time step, sample), time-major.
+
+        Accepts the folded ``[T*B, C, ...]`` layout, an unfolded ``[T, B, C, ...]`` input of a
+        multi-step conv (SpikingJelly's ``layer.Conv2d``), and any leading dims for linear layers.
+        """
+        x = x.detach()
+        if self.link.kind == "linear":
+            return x.reshape(-1, x.shape[-1])
+        if x.dim() == self.module.weight.dim() + 1:
+            x = x.flatten(0, 1)
+        return reduce_spatial(x, channel_dim=1)
+
+    def post_steps(self, modules: Mapping[str, nn.Module], output: Any) -> Tensor:
+        """The postsynaptic signal of one call as ``[t, B, n_out]``."""
         if self.link.spiking and self.link.neuron is not None:
             neuron = modules[self.link.neuron]
             adapter = find_adapter(neuron)
             assert adapter is not None
-            return adapter.steps_per_call(neuron)
-        return 1
-
-    def units(self, x: Tensor, steps: int) -> Tensor:
-        """``[steps*B, C, *spatial]`` (or ``[..., N]`` for linear) -> ``[steps, B', C]``."""
+            return reduce_spatial(adapter.split_steps(neuron, output).detach(), channel_dim=2)
+        output = output.detach()
         if self.link.kind == "linear":
-            x = x.reshape(-1, x.shape[-1])
-        if x.shape[0] % steps != 0:
-            raise ShapeError(
-                f"layer {self.link.name!r}: dim 0 of {tuple(x.shape)} is not a multiple of the neuron's "
-                f"T={steps}; feed the layer the time-major folded layout [T*B, ...]"
-            )
-        x = x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
-        return reduce_spatial(x.detach(), channel_dim=2)
+            return output.reshape(1, -1, output.shape[-1])
+        return reduce_spatial(output, channel_dim=1).unsqueeze(0)
 
     @property
     def neuron_mask(self) -> Tensor:

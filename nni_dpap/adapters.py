@@ -1,16 +1,16 @@
 """Recognise spiking-neuron modules of any library through small adapters.
 
 An adapter tells DPAP four things about a neuron module: whether a module is one
-of its neurons, how many time steps one call's input/output carries (``T`` for a
-multi-step call on the folded layout ``[T*B, ...]``, 1 for a single-step call), how
-to reset its state and how to silence (channel, time step) pairs. nni-dpap's own
+of its neurons, how to read one call's spikes as ``[t, B, C, ...]`` (``t = T`` for a
+multi-step call, 1 for a single-step call), how to reset its state and how to silence
+(channel, time step) pairs. nni-dpap's own
 neurons go through the same interface as the ones of other libraries; adding a
 library is one adapter registered with :func:`register_adapter`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -28,8 +28,8 @@ class NeuronAdapter(Protocol):
     def matches(self, module: nn.Module) -> bool:
         """Whether ``module`` is a spiking neuron handled by this adapter."""
 
-    def steps_per_call(self, module: nn.Module) -> int:
-        """Time steps folded into dim 0 of one call's input and output."""
+    def split_steps(self, module: nn.Module, output: Any) -> Tensor:
+        """The spikes of one call as ``[t, B, C, ...]`` (``t`` time steps of that call)."""
 
     def reset(self, module: nn.Module) -> None:
         """Forget the neuron's state (membrane potential)."""
@@ -46,9 +46,10 @@ class NativeAdapter:
     def matches(self, module: nn.Module) -> bool:
         return isinstance(module, BaseNeuron)
 
-    def steps_per_call(self, module: nn.Module) -> int:
+    def split_steps(self, module: nn.Module, output: Any) -> Tensor:
         assert isinstance(module, BaseNeuron)
-        return module.steps_per_call
+        steps = module.steps_per_call  # folded [T*B, ...] in multi-step mode, one step otherwise
+        return output.reshape(steps, output.shape[0] // steps, *output.shape[1:])
 
     def reset(self, module: nn.Module) -> None:
         assert isinstance(module, BaseNeuron)
@@ -66,7 +67,7 @@ def register_adapter(adapter: NeuronAdapter) -> None:
     """Add an adapter (checked before the ones already registered)."""
     if not isinstance(adapter, NeuronAdapter):
         raise TypeError(f"{adapter!r} does not implement NeuronAdapter "
-                        "(name, matches, steps_per_call, reset, set_time_mask)")
+                        "(name, matches, split_steps, reset, set_time_mask)")
     _ADAPTERS.insert(0, adapter)
 
 

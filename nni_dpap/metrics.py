@@ -1,9 +1,11 @@
 """Per-layer DPAP statistics across batches and epochs, turned into per-unit importance.
 
 The pruner's hooks hand every call's pre- and postsynaptic signals to a
-:class:`LayerStatistics`, already reduced to units (``[t, B, N]``: ``t`` time steps
-of the call, conv maps summed over ``H x W``). A batch is *committed* once all of its
-time steps are in: then the traces (Eqs. 1-2), BCM plasticity with its sliding
+:class:`LayerStatistics`, already reduced to units (conv maps summed over ``H x W``):
+the presynaptic input as rows ``[rows, N_in]`` (one per time step and sample,
+time-major), the postsynaptic spikes or activations as ``[t, B, N_out]``. A batch is
+*committed* once all of its time steps are in; its presynaptic rows are then laid out
+as ``[T, B, N_in]`` with the ``T`` and ``B`` of the postsynaptic signal, and then the traces (Eqs. 1-2), BCM plasticity with its sliding
 threshold (Eqs. 3-5), the postsynaptic trace sum and, for temporal pruning, the
 time-step importance (Eq. 8) are accumulated. :meth:`LayerStatistics.importance`
 returns the epoch's importance of synapses (Eq. 6) and neurons (Eq. 7).
@@ -72,7 +74,7 @@ class LayerStatistics:
 
     # -- feeding -----------------------------------------------------------------------
     def add_pre(self, chunk: Tensor) -> None:
-        """Presynaptic signal of one call, ``[t, B, n_in]``."""
+        """Presynaptic signal of one call, ``[rows, n_in]`` (rows = time steps x samples, time-major)."""
         if chunk.shape[-1] != self.n_in:
             raise ShapeError(f"presynaptic signal has {chunk.shape[-1]} units, expected {self.n_in}")
         self._pre.append(chunk.detach().float())
@@ -100,15 +102,16 @@ class LayerStatistics:
         if not self._pre or not self._post:
             self.discard_pending()
             return False
-        pre = torch.cat(self._pre, 0)
+        pre = torch.cat([p.reshape(-1, self.n_in) for p in self._pre], 0)
         post = torch.cat(self._post, 0)
         self.discard_pending()
-        if pre.shape[:2] != post.shape[:2]:
+        steps, batch = post.shape[:2]
+        if pre.shape[0] != steps * batch:
             raise ShapeError(
-                f"pre- and postsynaptic signals of one batch disagree: {tuple(pre.shape[:2])} vs "
-                f"{tuple(post.shape[:2])} (time steps, batch); the neuron's T does not match the layer input"
+                f"pre- and postsynaptic signals of one batch disagree: {pre.shape[0]} input rows for {steps} time "
+                f"steps x {batch} samples; the neuron's T does not match the layer input"
             )
-        self.observe(pre, post)
+        self.observe(pre.view(steps, batch, self.n_in), post)
         return True
 
     def observe(self, pre: Tensor, post: Tensor) -> None:

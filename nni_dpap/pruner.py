@@ -329,7 +329,7 @@ class DPAPPruner(Pruner):
         def factory(buffer: list) -> Callable[..., None]:
             def collect_pre(module: nn.Module, args: tuple[Any, ...]) -> None:
                 if module.training and args and isinstance(args[0], Tensor):
-                    layer.stats.add_pre(layer.units(args[0], layer.steps_per_call(self._modules)))
+                    layer.stats.add_pre(layer.pre_rows(args[0]))
 
             return collect_pre
 
@@ -340,17 +340,17 @@ class DPAPPruner(Pruner):
             def collect_post(module: nn.Module, args: Any, output: Any) -> None:
                 index = self._call_counts[id(module)]
                 self._call_counts[id(module)] = index + 1
-                if not module.training or not isinstance(output, Tensor):
+                if not module.training:
                     return
                 for layer, call_index, tail in entries:
                     if call_index is not None and call_index != index:
                         continue
-                    signal = output.detach()
+                    signal = output
                     if tail:
-                        signal = signal.clone()
+                        signal = signal.detach().clone()
                         for op in tail:
                             signal = op(signal)
-                    layer.stats.add_post(layer.units(signal, layer.steps_per_call(self._modules)))
+                    layer.stats.add_post(layer.post_steps(self._modules, signal))
 
             return collect_post
 

@@ -37,7 +37,7 @@ def test_chunked_commit_equals_whole_sequence():
     whole, chunked = LayerStatistics(3, 5, temporal=True), LayerStatistics(3, 5, temporal=True)
     whole.observe(pre, post)
     for t in range(3):  # single-step model: one call per time step
-        chunked.add_pre(pre[t:t + 1])
+        chunked.add_pre(pre[t])  # rows of one step
         chunked.add_post(post[t:t + 1])
     assert chunked.pending and chunked.commit() and not chunked.pending
     for key in ("bcm", "trace", "theta", "time"):
