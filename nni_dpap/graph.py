@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .adapters import is_neuron
+from .adapters import is_leaf, is_neuron, output_arity, traceable_forward
 from .errors import GraphError
 
 __all__ = ["Readout", "LayerLink", "GraphInfo", "trace_model", "link_layers", "upstream_layers", "PRUNABLE_TYPES"]
@@ -138,11 +138,21 @@ class _Tracer(fx.Tracer):
         self.leaf_names = leaf_names
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if is_neuron(m) or module_qualified_name in self.leaf_names:
+        if is_neuron(m) or is_leaf(m) or module_qualified_name in self.leaf_names:
             return True
         if self.leaf_types and isinstance(m, self.leaf_types):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        replacement = None if self.is_leaf_module(m, self.path_of_module(m)) else traceable_forward(m)
+        if replacement is not None:  # a library container whose own forward cannot be traced
+            return replacement(*args, **kwargs)
+        out = super().call_module(m, forward, args, kwargs)
+        arity = output_arity(m)
+        if arity > 1:  # a neuron returning (spikes, state...): let the model unpack it
+            return tuple(out[i] for i in range(arity))
+        return out
 
 
 def trace_model(
@@ -196,7 +206,19 @@ def _is_add(node: fx.Node) -> bool:
     )
 
 
+def _is_time_fold(node: fx.Node) -> bool:
+    """``flatten(0, 1)`` / ``unflatten(0, ...)``: folding time into the batch or back keeps the channels."""
+    if node.op != "call_method" or node.target not in ("flatten", "unflatten"):
+        return False
+    args = list(node.args[1:])
+    if node.target == "flatten":
+        return args[:2] == [0, 1] or (node.kwargs.get("start_dim") == 0 and node.kwargs.get("end_dim") == 1)
+    return (args[:1] == [0]) or node.kwargs.get("dim") == 0
+
+
 def _is_passthrough(modules: Mapping[str, nn.Module], node: fx.Node) -> bool:
+    if _is_time_fold(node):
+        return True
     mod = _module(modules, node)
     if mod is not None:
         return isinstance(mod, _PASS_MODULES)

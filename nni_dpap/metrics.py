@@ -5,8 +5,9 @@ The pruner's hooks hand every call's pre- and postsynaptic signals to a
 the presynaptic input as rows ``[rows, N_in]`` (one per time step and sample,
 time-major), the postsynaptic spikes or activations as ``[t, B, N_out]``. A batch is
 *committed* once all of its time steps are in; its presynaptic rows are then laid out
-as ``[T, B, N_in]`` with the ``T`` and ``B`` of the postsynaptic signal, and then the traces (Eqs. 1-2), BCM plasticity with its sliding
-threshold (Eqs. 3-5), the postsynaptic trace sum and, for temporal pruning, the
+as ``[T, B, N_in]`` with the ``T`` and ``B`` of the postsynaptic signal, and the
+traces (Eqs. 1-2), BCM plasticity with its sliding threshold (Eqs. 3-5), the
+postsynaptic trace sum and, for temporal pruning, the
 time-step importance (Eq. 8) are accumulated. :meth:`LayerStatistics.importance`
 returns the epoch's importance of synapses (Eq. 6) and neurons (Eq. 7).
 Pure torch, no NNI.

@@ -72,8 +72,12 @@ def layer_costs(
     handles = []
     for name in upstream:
         def record(module: nn.Module, args: Any, output: Tensor, name: str = name) -> None:
-            units = output.shape[1] if not isinstance(module, nn.Linear) else output.shape[-1]
-            positions[name] = output.numel() // units // output.shape[0]
+            if isinstance(module, nn.Linear):
+                positions[name] = 1  # one output vector per sample and time step
+                return
+            if output.dim() == module.weight.dim() + 1:  # [T, N, C, ...] of a multi-step conv
+                output = output.flatten(0, 1)
+            positions[name] = output[0, 0].numel()
         handles.append(modules[name].register_forward_hook(record))
     was_training = model.training
     model.eval()
@@ -175,6 +179,8 @@ def _count_ops(module: nn.Module, events: Tensor) -> tuple[float, float]:
     """Exact number of (non-zero input, weight) products of ``module`` on ``events`` (0/1), and with all weights."""
     weight = module.weight.detach()
     present = weight.ne(0).to(events.dtype)
+    if not isinstance(module, nn.Linear) and events.dim() == weight.dim() + 1:
+        events = events.flatten(0, 1)  # a multi-step conv's [T, N, C, ...] input (SpikingJelly)
     if isinstance(module, nn.Linear):
         flat = events.reshape(-1, events.shape[-1])
         return float((flat @ present.t()).sum()), float(flat.sum() * weight.shape[0])

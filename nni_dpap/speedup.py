@@ -38,7 +38,7 @@ with warnings.catch_warnings():  # NNI re-registers torch.fx pytree nodes at imp
     from nni.compression.speedup.mask_updater import NoChangeMaskUpdater
     from nni.compression.speedup.replacer import DefaultReplacer
 
-from .adapters import find_adapter
+from .adapters import find_adapter, single_step_contexts
 from .errors import ShapeError, SpeedupError
 from .graph import trace_model
 from .snn import BaseNeuron, DirectEncoder, TimeAverage
@@ -110,32 +110,37 @@ def _replace_neuron(module: nn.Module, masks: tuple[Any, Any, Any]) -> nn.Module
     Scalar parameters (a PLIF's shared ``w``, thresholds) are kept as they are.
     """
     in_masks, _, _ = masks
-    keep = _channel_keep(in_masks[0] if isinstance(in_masks, (tuple, list)) and in_masks else in_masks)
+    mask = in_masks[0] if isinstance(in_masks, (tuple, list)) and in_masks else in_masks
+    keep = _channel_keep(mask)
     if keep is None:
         return module
-    full = None
+    full = mask.shape[1]  # channels before removal: per-channel tensors have this many rows
     for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
         if tensor is None or tensor.dim() == 0:
             continue
-        full = tensor.shape[0] if full is None else full
         if tensor.shape[0] != full:
             continue
         sliced = tensor.detach()[keep.to(tensor.device)].clone()
         if isinstance(tensor, nn.Parameter):
             setattr(module, name, nn.Parameter(sliced, requires_grad=tensor.requires_grad))
         else:
-            module.register_buffer(name, sliced)
+            module.register_buffer(name, sliced, persistent=name not in module._non_persistent_buffers_set)
     return module
 
 
 @contextmanager
 def _single_time_step(model: nn.Module) -> Iterator[None]:
-    """Temporarily set ``T = 1`` on every module that folds time (neurons, encoders, decoders)."""
+    """Temporarily run one time step: ``T = 1`` on nni-dpap's neurons, encoders and decoders, single-step
+    mode for libraries that have one (the model's forward must handle it, as SpikingJelly models written
+    for both step modes do)."""
     saved = [(m, m.T) for m in model.modules() if isinstance(m, _TIME_MODULES) and m.T is not None]
     for module, _ in saved:
         module.T = 1
     try:
-        yield
+        with contextlib.ExitStack() as stack:
+            for context in single_step_contexts(model):  # other libraries' step modes (SpikingJelly)
+                stack.enter_context(context)
+            yield
     finally:
         for module, T in saved:
             module.T = T
@@ -174,6 +179,21 @@ def _quiet_nni() -> Iterator[None]:
             yield
     finally:
         nni_root.setLevel(level)
+
+
+def _restore_subclasses(model: nn.Module, before: Mapping[str, nn.Module]) -> None:
+    """NNI replaces a layer by a plain torch layer; give it back its original class when that subclasses
+    the new one (e.g. SpikingJelly's ``layer.Conv2d``, which folds ``[T, N, ...]`` itself)."""
+    for name, new in list(model.named_modules()):
+        old = before.get(name)
+        if old is None or old is new or type(new) is type(old) or not isinstance(old, type(new)):
+            continue
+        # plain attributes only: a method bound to the old object (NNI's unwrap leaves ``forward`` as one)
+        # would run the old, unshrunk module
+        extra = {k: v for k, v in old.__dict__.items()
+                 if k not in new.__dict__ and getattr(v, "__self__", None) is not old}
+        new.__class__ = type(old)
+        new.__dict__.update(extra)
 
 
 def _structured(masks: _MASKS) -> dict[str, dict[str, Tensor]]:
@@ -224,12 +244,14 @@ def speedup_with_indices(
     was_training = model.training
     record: dict[str, KeptIndices] = {}
     _reset(model)
-    with _single_time_step(model):
+    with _single_time_step(model), torch.enable_grad():  # NNI propagates masks through gradients
         _check_layout(model, inputs)
         # encoders and decoders are identities at T = 1: leaves that keep the masks
         leaves = (*leaf_modules, DirectEncoder, TimeAverage)
         graph_module = fx.GraphModule(model, trace_model(model, leaves, concrete_args))
+        before = dict(model.named_modules())
         _run_model_speedup(model, inputs, masks_copy, graph_module, was_training, record)
+        _restore_subclasses(model, before)
     return record
 
 

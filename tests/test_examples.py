@@ -55,3 +55,13 @@ def test_events_example_meets_its_targets(tmp_path):
     assert st["time_sparsity"] > 0
     assert st["energy_ratio"] < space["energy_ratio"]
     assert st["accuracy"] >= dense["accuracy"] - 0.02
+
+
+def test_spikingjelly_example_runs():
+    pytest.importorskip("spikingjelly", reason="needs the spikingjelly extra")
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "spikingjelly_digits.py"), "--epochs", "2",
+                           "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DPAP (shrunk)" in proc.stdout and "synaptic ops / image" in proc.stdout
+    masked, shrunk = proc.stdout.split("spikes of the masked vs shrunk model on 128 test images: ")[1].split()[0:3:2]
+    assert masked == shrunk

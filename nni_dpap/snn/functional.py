@@ -13,10 +13,13 @@ _AUTO_RESET_ATTR = "_nni_dpap_auto_reset_handle"
 
 
 def reset_net(model: nn.Module) -> None:
-    """Reset the state of every neuron in ``model`` (idempotent)."""
+    """Reset the state of every spiking neuron in ``model``, of any registered library (idempotent)."""
+    from ..adapters import find_adapter  # adapters know how each library resets its neurons
+
     for module in model.modules():
-        if isinstance(module, BaseNeuron):
-            module.reset()
+        adapter = find_adapter(module)
+        if adapter is not None:
+            adapter.reset(module)
 
 
 def set_time_steps(model: nn.Module, T: int) -> None:
