@@ -94,6 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help="folder of the model's data set, to measure firing rates on it")
     r.add_argument("--json", default=None, help="also write the report to this JSON file")
 
+    h = sub.add_parser("hpo", help="search DPAP's hyper-parameters with an NNI HPO experiment",
+                       description="Launch an NNI experiment whose trials run 'prune' with the hyper-parameters the "
+                                   "tuner proposes; prints the trials best first and exports them.")
+    h.add_argument("space", help="NNI search space JSON over DPAP's hyper-parameters (see search_spaces/)")
+    h.add_argument("--trials", type=int, default=4, help="number of trials (default 4)")
+    h.add_argument("--concurrency", type=int, default=1, help="trials run at the same time (default 1)")
+    h.add_argument("--tuner", default="TPE", help="TPE, Random or Anneal (default TPE)")
+    h.add_argument("--epochs", type=int, default=5, help="training epochs of every trial (default 5)")
+    h.add_argument("--model", default="snn_mnist", help="zoo model (default snn_mnist)")
+    h.add_argument("--data", default="digits", help="data set (default digits, embedded)")
+    h.add_argument("--data-dir", default=None, help="folder of the data set files")
+    h.add_argument("--T", type=int, default=None, help="SNN time steps (default: the model's)")
+    h.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    h.add_argument("--seed", type=int, default=0, help="seed of every trial (default 0)")
+    h.add_argument("--gpus", default=None, help="GPU indices for the trials, e.g. 0,1 (one GPU per trial)")
+    h.add_argument("--weight", type=float, default=0.1,
+                   help="objective = accuracy + WEIGHT x sparsity (default 0.1)")
+    h.add_argument("--output", default="runs/hpo", help="results and trial logs (default runs/hpo)")
+
     u = sub.add_parser("speedup", help="physically remove the pruned units of a saved model")
     u.add_argument("model_file", help="model.pt written by 'nni-dpap prune'")
     u.add_argument("--output", required=True, help="where to save the shrunk model (torch.save of the module)")
@@ -206,8 +225,12 @@ def _structure(model: nn.Module, example: torch.Tensor, prunable: Sequence[str],
     }
 
 
-def run_prune(config: dict[str, Any]) -> dict[str, Any]:
-    """Run ``nni-dpap prune`` with a resolved config; returns the final metrics."""
+def run_prune(config: dict[str, Any], on_epoch: Any = None) -> dict[str, Any]:
+    """Run ``nni-dpap prune`` with a resolved config; returns the final metrics.
+
+    ``on_epoch(record)`` is called after every epoch with its loss and test accuracy
+    (the HPO trials report it to NNI).
+    """
     from nni.compression import TorchEvaluator
     from torch.utils.tensorboard import SummaryWriter
 
@@ -296,6 +319,8 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
             "generator": train_loader.generator.get_state(), "rng": torch.get_rng_state(), "history": history,
         })
         _logger.info("epoch %d: loss %.4f, test accuracy %.2f%%", epoch, loss, 100 * accuracy)
+        if on_epoch is not None:
+            on_epoch(record)
         if config["stop_after"] is not None and local_epoch + 1 >= config["stop_after"] \
                 and epoch + 1 < config["epochs"]:
             raise _StopRun(epoch + 1)
@@ -446,6 +471,32 @@ def run_speedup(args: argparse.Namespace) -> nn.Module:
     return model
 
 
+def run_hpo(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from .hpo import run_experiment, summary_table
+
+    gpus: list[int] = []
+    if args.gpus:
+        try:
+            gpus = [int(g) for g in str(args.gpus).split(",") if g.strip()]
+        except ValueError:
+            raise ConfigError(f"--gpus must be comma-separated GPU indices such as 0,1, got {args.gpus!r}") from None
+    rows = run_experiment(args.space, trials=args.trials, concurrency=args.concurrency, tuner=args.tuner,
+                          model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs, T=args.T,
+                          batch_size=args.batch_size, seed=args.seed, gpus=gpus, weight=args.weight,
+                          output=args.output)
+    print()
+    print(summary_table(rows))
+    best = next((r for r in rows if r.get("default") is not None), None)
+    if best is None:
+        print("\nno trial finished: see the trial logs under", Path(args.output) / "trials")
+    else:
+        print(f"\nbest trial {best['trial']}: accuracy {best['accuracy']:.2%}, sparsity {best['sparsity']:.1%}, "
+              f"energy {best['energy_ratio']:.1%} of dense; hyper-parameters {json.dumps(best['parameters'])}")
+    print(f"results: {Path(args.output) / 'results.json'}, {Path(args.output) / 'results.csv'}; "
+          f"tensorboard --logdir {Path(args.output) / 'trials'}")
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -455,6 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_prune(resolve_prune_config(args))
         elif args.command == "report":
             run_report(args)
+        elif args.command == "hpo":
+            run_hpo(args)
         else:
             run_speedup(args)
     except DPAPError as exc:
