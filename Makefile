@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all install clean lint
+.PHONY: demo test test-all install clean lint bench
 
 install: $(STAMP)
 
@@ -29,3 +29,10 @@ clean:
 
 lint: $(STAMP)
 	$(BIN)/ruff check nni_dpap tests examples
+
+# benchmarks (not part of `make test`): about 30 minutes on 2 CPU cores; results in benchmarks/results/
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_quality.py
+	$(BIN)/python benchmarks/bench_speedup.py
+	$(BIN)/python benchmarks/bench_training_time.py
+	$(BIN)/python benchmarks/bench_overhead.py

@@ -25,6 +25,7 @@ from .plasticity import (
     bcm_plasticity,
     developmental_value,
     sliding_threshold,
+    spike_trace,
     spike_trace_sequence,
     timestep_importance,
 )
@@ -117,14 +118,15 @@ class LayerStatistics:
 
     def observe(self, pre: Tensor, post: Tensor) -> None:
         """Accumulate one batch of sequences ``pre [T, B, n_in]``, ``post [T, B, n_out]``."""
-        pre_traces = spike_trace_sequence(pre, self.tau)  # [T, B, n_in]
-        post_trace = spike_trace_sequence(post, self.tau)[-1]  # [B, n_out]
+        pre_traces = spike_trace_sequence(pre, self.tau) if self.temporal else None  # [T, B, n_in], Eq. (8)
+        pre_trace = pre_traces[-1] if pre_traces is not None else spike_trace(pre, self.tau)
+        post_trace = spike_trace(post, self.tau)  # [B, n_out]
         self.num_batches += 1
-        self.bcm += bcm_plasticity(pre_traces[-1], post_trace, self.theta)
+        self.bcm += bcm_plasticity(pre_trace, post_trace, self.theta)
         self.theta = sliding_threshold(self.theta, self.batch_mean(post_trace.mean(0, keepdim=True)),
                                        self.num_batches)
         self.trace += post_trace.sum(0)
-        if self.temporal:
+        if pre_traces is not None:
             contribution = timestep_importance(pre_traces, post)
             if self.time is None or self.time.shape != contribution.shape:
                 if self.time is not None:

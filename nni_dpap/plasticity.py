@@ -70,8 +70,19 @@ def spike_trace_sequence(x: Tensor, tau: float = 0.5, initial: Tensor | None = N
 
 @torch.no_grad()
 def spike_trace(x: Tensor, tau: float = 0.5, initial: Tensor | None = None) -> Tensor:
-    """Final spiking trace ``S^T`` over T steps, Eq. (1) / (2): ``[T, B, C, *spatial] -> [B, C]``."""
-    return spike_trace_sequence(x, tau, initial)[-1]
+    """Final spiking trace ``S^T`` over T steps, Eq. (1) / (2): ``[T, B, C, *spatial] -> [B, C]``.
+
+    Computed in closed form, ``S^T = tau^T S^0 + sum_t tau^(T-t) o^t``, one weighted sum.
+    """
+    x = reduce_spatial(x, channel_dim=2).float()
+    steps = x.shape[0]
+    if steps == 1 and initial is None:
+        return x[0].clone()
+    weights = tau ** torch.arange(steps - 1, -1, -1, dtype=x.dtype, device=x.device)
+    trace = torch.tensordot(weights, x, dims=1)
+    if initial is not None:
+        trace = trace + tau ** steps * initial.float()
+    return trace
 
 
 @torch.no_grad()
