@@ -77,8 +77,9 @@ def save(name: str, args: argparse.Namespace, data: dict[str, Any], tables: Sequ
             "torch": torch.__version__, "device": args.device, "threads": args.threads, "quick": args.quick,
             "cpu": _cpu_name()}
     (results / f"{name}.json").write_text(json.dumps({"meta": meta, **data}, indent=2, default=str))
+    quick = " — QUICK RUN" if args.quick else ""
     lines = [f"# {name}", "", f"commit {meta['commit']}, {meta['date']}, torch {meta['torch']}, device "
-             f"{meta['device']} ({meta['cpu']}), {meta['threads']} threads" + (" — QUICK RUN" if args.quick else ""), ""]
+             f"{meta['device']} ({meta['cpu']}), {meta['threads']} threads{quick}", ""]
     for title, table in tables:
         lines += [f"## {title}", "", table, ""]
         print(f"\n{title}\n\n{table}")
@@ -121,7 +122,7 @@ def dpap_train(work: dict[str, Any], device: torch.device, seed: int = 0, shrink
 
     from _digits_common import DIGITS_HPARAMS
     from nni_dpap import DPAPPruner
-    from nni_dpap.training import classification_step, make_training_func, seed_everything
+    from nni_dpap.training import classification_step, seed_everything
 
     train_loader, _ = work["loaders"](seed)
     seed_everything(seed)

@@ -22,7 +22,7 @@ convergence measure).
 from __future__ import annotations
 
 import statistics
-from typing import Any, Callable
+from typing import Any
 
 import nni
 import torch
@@ -94,7 +94,8 @@ def run_method(method: str, net: dict[str, Any], seed: int, device: torch.device
     half = epochs // 2
     if method == "NNI Movement":
         evaluator = TorchEvaluator(train, _adam(model, lr), classification_step)
-        pruner = MovementPruner(model, config, evaluator, warmup_step=steps, cooldown_begin_step=int(0.75 * epochs * steps))
+        pruner = MovementPruner(model, config, evaluator, warmup_step=steps,
+                                cooldown_begin_step=int(0.75 * epochs * steps))
         _, masks = pruner.compress(epochs * steps, epochs)
     else:
         train(model, _adam(model, lr, traced=False), classification_step, None, None, half)
@@ -146,7 +147,8 @@ def main() -> None:
                 costs, dense_costs = layer_costs(model, x[:2]), layer_costs(dense_model, x[:2])
                 result = results[method]
                 result["acc"].append(evaluate_accuracy(model, loaders[1]))
-                result["params"].append(totals(costs, PRUNED)["params_kept"] / totals(dense_costs, PRUNED)["params_total"])
+                kept = totals(costs, PRUNED)["params_kept"]
+                result["params"].append(kept / totals(dense_costs, PRUNED)["params_total"])
                 result["flops"].append(totals(costs)["macs_kept"] / totals(dense_costs)["macs_total"])
                 if net_name == "SNN":
                     result["energy"].append(_energy(model, x) / _energy(dense_model, x))
@@ -157,7 +159,8 @@ def main() -> None:
         table_rows = []
         for method, result in results.items():
             reached = [c for c in result["converge"] if c == c]
-            converge = f"{statistics.fmean(reached):.1f} ({len(reached)}/{len(seeds)})" if reached else f"never (0/{len(seeds)})"
+            count = f"({len(reached)}/{len(seeds)})"
+            converge = f"{statistics.fmean(reached):.1f} {count}" if reached else f"never {count}"
             table_rows.append([method, mean_std(result["acc"], 100, unit="%"), mean_std(result["params"], 100, 1, "%"),
                                mean_std(result["flops"], 100, 1, "%"),
                                mean_std(result["energy"], 100, 1, "%") if result["energy"] else "-", converge])
