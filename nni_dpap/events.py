@@ -173,28 +173,32 @@ def _tonic_download(name: str, root: Path) -> None:
         cls(str(root), train=False)
 
 
-def _nmnist(root: Path, T: int, cache: bool = False) -> tuple[EventFrames, EventFrames]:
+def _train_test(folders: tuple[Path, Path], pattern: str, label: Callable[[Path], int],
+                reader: Callable[[Path], np.ndarray], sensor: tuple[int, int], T: int, cache: bool,
+                missing: str) -> tuple[EventFrames, EventFrames]:
+    """The train and test folders of a data set with an official split, one file per sample."""
     parts = []
-    for split in ("Train", "Test"):
-        folder = root / "NMNIST" / split
-        files = sorted(folder.glob("[0-9]/*.bin"))
+    for folder in folders:
+        files = sorted(folder.glob(pattern))
         if not files:
-            raise DataError(f"N-MNIST is not in {folder}: put the .bin files in {folder}/<digit>/ "
-                            "(Train and Test), or pass --download (needs the events extra and internet)")
-        parts.append(EventFrames(files, [int(f.parent.name) for f in files], read_nmnist_bin, (34, 34), T, cache))
+            raise DataError(missing.format(folder=folder))
+        parts.append(EventFrames(files, [label(f) for f in files], reader, sensor, T, cache))
     return parts[0], parts[1]
+
+
+def _nmnist(root: Path, T: int, cache: bool = False) -> tuple[EventFrames, EventFrames]:
+    return _train_test((root / "NMNIST" / "Train", root / "NMNIST" / "Test"), "[0-9]/*.bin",
+                       lambda f: int(f.parent.name), read_nmnist_bin, (34, 34), T, cache,
+                       "N-MNIST is not in {folder}: put the .bin files in {folder}/<digit>/ (Train and Test), "
+                       "or pass --download (needs the events extra and internet)")
 
 
 def _dvs_gesture(root: Path, T: int) -> tuple[EventFrames, EventFrames]:
-    parts = []
-    for split in ("ibmGestureTrain", "ibmGestureTest"):
-        folder = root / "DVSGesture" / split
-        files = sorted(folder.glob("user*/*.npy"))
-        if not files:
-            raise DataError(f"DVS-Gesture is not in {folder}: put user<NN>_<lighting>/<label>.npy files there "
-                            "(tonic's layout), or pass --download (needs the events extra and internet)")
-        parts.append(EventFrames(files, [int(f.stem) for f in files], _read_dvs_gesture_npy, (128, 128), T))
-    return parts[0], parts[1]
+    base = root / "DVSGesture"
+    return _train_test((base / "ibmGestureTrain", base / "ibmGestureTest"), "user*/*.npy", lambda f: int(f.stem),
+                       _read_dvs_gesture_npy, (128, 128), T, False,
+                       "DVS-Gesture is not in {folder}: put user<NN>_<lighting>/<label>.npy files there (tonic's "
+                       "layout), or pass --download (needs the events extra and internet)")
 
 
 def _cifar10_dvs(root: Path, T: int, test_fraction: float, seed: int) -> tuple[EventFrames, EventFrames]:
