@@ -40,6 +40,7 @@ class LayerState:
     time: SurvivalState | None = None  # [n_out, T] (neuron, time step) pairs, created at the first update
 
     def __post_init__(self) -> None:
+        self._adapter: Any = None
         self.units_built = self.units_built or self.n_out
         self.synapses_built = self.synapses_built or int(self.connectivity.sum())
 
@@ -69,9 +70,10 @@ class LayerState:
         """The postsynaptic signal of one call as ``[t, B, n_out]``."""
         if self.link.spiking and self.link.neuron is not None:
             neuron = modules[self.link.neuron]
-            adapter = find_adapter(neuron)
-            assert adapter is not None
-            return reduce_spatial(adapter.split_steps(neuron, output).detach(), channel_dim=2)
+            if self._adapter is None:  # looked up once: this runs on every forward of the training loop
+                self._adapter = find_adapter(neuron)
+                assert self._adapter is not None
+            return reduce_spatial(self._adapter.split_steps(neuron, output).detach(), channel_dim=2)
         output = output.detach()
         if self.link.kind == "linear":
             return output.reshape(1, -1, output.shape[-1])

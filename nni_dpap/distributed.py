@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["world_size", "mean_over_ranks", "sum_over_ranks", "broadcast_"]
+__all__ = ["world_size", "mean_over_ranks", "sum_over_ranks"]
 
 
 def world_size() -> int:
@@ -39,11 +39,3 @@ def mean_over_ranks(tensor: Tensor) -> Tensor:
     """Mean of ``tensor`` over all ranks (a copy)."""
     size = world_size()
     return sum_over_ranks(tensor) / size if size > 1 else tensor.detach().clone()
-
-
-def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
-    """Overwrite ``tensor`` with rank ``src``'s values, in place."""
-    if world_size() > 1:
-        dist.broadcast(tensor, src)
-    return tensor
-

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import defaultdict
-from copy import deepcopy
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -209,7 +208,6 @@ class DPAPPruner(Pruner):
                 "(or to the TorchEvaluator)"
             )
         self._leaf_modules, self._concrete_args = tuple(leaf_modules), concrete_args
-        self.user_config_list = deepcopy(config_list)
 
         targets = select_targets(model, config_list)
         # a DistributedDataParallel model is traced through its module; names keep DDP's "module." prefix
