@@ -11,7 +11,8 @@ import logging
 from . import errors
 from .policy import DPAPConfig, SurvivalRule, get_preset
 from .pruner import DPAPPruner
-from .snn import auto_reset, reset_net, set_step_mode, set_time_steps
+from .adapters.network import auto_reset, reset_net
+from .snn import set_step_mode, set_time_steps
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,7 @@ from .graph import LayerLink
 from .metrics import LayerStatistics
 from .plasticity import reduce_spatial
 from .policy import SurvivalState
-from .speedup import KeptIndices
+from .slicing import KeptIndices
 
 __all__ = ["LayerState", "group_connectivity"]
 

@@ -33,7 +33,8 @@ from .plasticity import developmental_value
 from .distributed import mean_over_ranks, sum_over_ranks, world_size
 from .policy import DPAPConfig, SurvivalState, get_preset
 from .shrink import remap_optimizer
-from .speedup import KeptIndices, speedup_with_indices
+from .slicing import KeptIndices
+from .speedup import speedup_with_indices
 
 __all__ = ["DPAPPruner"]
 

@@ -12,8 +12,8 @@ from nni_dpap import DPAPPruner
 from nni_dpap.data import digits_loaders
 from nni_dpap.errors import ConfigError
 from nni_dpap.report import layer_costs
-from nni_dpap.shrink import module_of, remap_optimizer, slice_to
-from nni_dpap.speedup import KeptIndices
+from nni_dpap.shrink import module_of, remap_optimizer
+from nni_dpap.slicing import KeptIndices, slice_to
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func
 
 FAST = {"relative_schedule": True, "conv_eta": 0.3, "linear_eta": 0.3, "conv_start_epoch": 0.0,

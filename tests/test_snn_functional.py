@@ -5,10 +5,8 @@ import torch
 from torch import nn
 
 from nni_dpap.errors import ConfigError, ShapeError
-from nni_dpap.snn import (
-    DirectEncoder, LIFNeuron, TimeAverage, auto_reset, fold_time, reset_net, set_step_mode, set_time_steps,
-    unfold_time,
-)
+from nni_dpap import auto_reset, reset_net
+from nni_dpap.snn import DirectEncoder, LIFNeuron, TimeAverage, fold_time, set_step_mode, set_time_steps, unfold_time
 
 
 def test_direct_encoder_time_major_layout():

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 from torch import Tensor, nn
 
-from . import mro_names
+from .base import NeuronAdapter, mro_names
 from ._gate import install_time_mask, reset_step
 
 __all__ = ["SpikingJellyAdapter"]
@@ -30,7 +30,7 @@ def _multi_step(module: nn.Module) -> bool:
     return getattr(module, "step_mode", "s") == "m"
 
 
-class SpikingJellyAdapter:
+class SpikingJellyAdapter(NeuronAdapter):
     name = "spikingjelly"
 
     def matches(self, module: nn.Module) -> bool:
@@ -45,6 +45,10 @@ class SpikingJellyAdapter:
 
     def set_time_mask(self, module: nn.Module, mask: Tensor | None) -> None:
         install_time_mask(module, mask, _multi_step)
+
+    def time_major(self, module: nn.Module) -> bool:
+        """Multi-step SpikingJelly modules take ``[T, N, ...]``."""
+        return _from_spikingjelly(module, "StepModule") and _multi_step(module)
 
     def is_leaf(self, module: nn.Module) -> bool:
         """The stateless wrappers of torch layers with a ``step_mode`` (``layer.Conv2d``...)."""
