@@ -82,3 +82,4 @@ def remap_optimizer(
     if reset:
         _logger.warning("optimizer state of %s could not be sliced and starts afresh", ", ".join(reset))
     return reset
+

@@ -80,7 +80,7 @@ def _traces_match_emitted_spikes(model, neuron_name, layer_name, digits, to_step
                                nni.trace(torch.optim.SGD)(model.parameters(), lr=0.0), classification_step)
     pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=1, steps_per_epoch=10)
     pruner.compress()
-    stats = pruner._layers[layer_name].stats
+    stats = pruner.layer_states[layer_name].stats
     spikes = to_steps(emitted)  # [T, B, C, ...]
     expected = spike_trace(spikes, 0.5).sum(0)
     assert stats.num_batches == 1 and torch.allclose(stats.trace, expected)

@@ -127,7 +127,7 @@ def test_console_script_help():
 def test_prune_on_event_data(tmp_path):
     import numpy as np
 
-    from nni_dpap.events import EVENT_DTYPE, write_nmnist_bin
+    from nni_dpap.data.events import EVENT_DTYPE, write_nmnist_bin
 
     rng = np.random.default_rng(0)
     for split, n in (("Train", 4), ("Test", 2)):

@@ -45,7 +45,7 @@ def test_schedule_factor_exp_step_and_start():
 def test_survival_state_hand_computed_and_permanent():
     cfg = get_preset("paper")
     rule = SurvivalRule(eps=1.0, bonus=2.0, eta=1e9, beta=1.0, gamma=1.0)  # factor ~ 1
-    state = SurvivalState((3,), rule, cfg)
+    state = SurvivalState((3,), rule, cfg.update_form)
     # importance -> norm [0, 0.5, 1] -> delta [-1, 0, 1] -> dF [-1, 2, 3]
     assert state.step(torch.tensor([0.0, 1.0, 2.0]), epoch=0) == 0
     assert torch.allclose(state.value, torch.tensor([0.0, 3.0, 4.0]))
@@ -59,7 +59,7 @@ def test_survival_state_hand_computed_and_permanent():
 
 def test_keep_at_least_guard():
     cfg = get_preset("paper")
-    state = SurvivalState((4,), SurvivalRule(eps=2.0, bonus=0.0, eta=1e9, beta=0.5, gamma=1.0), cfg)
+    state = SurvivalState((4,), SurvivalRule(eps=2.0, bonus=0.0, eta=1e9, beta=0.5, gamma=1.0), cfg.update_form)
     state.step(torch.tensor([0.0, 1.0, 2.0, 3.0]), epoch=0, keep_at_least=1)
     # eps = 2 -> every delta <= 0; F = 0.5 + [-2, -1.33, -0.67, 0] -> only unit 3 stays >= 0
     assert state.mask.tolist() == [False, False, False, True]
@@ -73,7 +73,7 @@ def test_larger_eps_prunes_at_least_as_much(eps):
     importances = [torch.rand(200) for _ in range(30)]
     kept = []
     for e in (eps, eps + 0.3):
-        state = SurvivalState((200,), SurvivalRule(eps=e, bonus=2.0, eta=8.0), get_preset("paper"))
+        state = SurvivalState((200,), SurvivalRule(eps=e, bonus=2.0, eta=8.0), get_preset("paper").update_form)
         for epoch, imp in enumerate(importances):
             state.step(imp, epoch)
         kept.append(int(state.mask.sum()))

@@ -1,22 +1,8 @@
-"""DPAP's adaptive pruning rule: survival functions, schedule and presets.
+"""DPAP's configuration: rules per kind of unit, the form of the equations, presets.
 
-Pure torch, no NNI. For every prunable unit ``u`` (conv channel, conv kernel slice,
-FC neuron, FC synapse, (neuron, time step) pair) DPAP keeps a survival value ``F_u``,
-initialised to ``beta``. After each epoch ``e`` (from the start epoch on), with ``x``
-the unit's importance:
-
-.. math::
-
-    \\delta = 2\\,\\mathrm{Norm}(x) - \\epsilon                                \\quad (9)
-
-    \\Delta F = \\delta + C \\text{ if } \\delta \\ge 0 \\text{ else } \\delta   \\quad (10)
-
-    F \\leftarrow \\gamma F + e^{-e/\\eta}\\, \\Delta F                           \\quad (11)
-
-and the unit is pruned, permanently, once ``F < 0``. Units that are rarely the
-most useful ones lose a little survival every epoch ("use it or lose it, gradually
-decay"); any epoch in which a unit is above the ``eps/2`` normalised level earns it
-the bonus ``C``. The schedule factor shrinks the updates, so the structure settles.
+Everything DPAP can be told, as one frozen :class:`DPAPConfig`, its flat
+hyper-parameter names (``conv_eps``, ``linear_eta``...) for HPO and the command line,
+and the two presets. Pure Python, no NNI.
 
 Two presets implement the paper and the released code (``../shared/dpap-spec.md``
 sections 2 and 7):
@@ -42,157 +28,17 @@ released CIFAR-10 SNN values so that the two presets differ only in the rule.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-import torch
-from torch import Tensor
+from ..errors import ConfigError
+from .rule import SurvivalRule
+from .survival import Normalization, Schedule, SurvivalState, UpdateForm
 
-from .errors import ConfigError
-
-__all__ = [
-    "SurvivalRule",
-    "DPAPConfig",
-    "SurvivalState",
-    "LayerKind",
-    "normalize",
-    "survival_increment",
-    "schedule_factor",
-    "update_survival",
-    "get_preset",
-    "PRESETS",
-]
+__all__ = ["DPAPConfig", "LayerKind", "Accumulation", "PRESETS", "get_preset"]
 
 LayerKind = Literal["conv", "linear", "time"]
-Normalization = Literal["minmax", "percentile"]
-Schedule = Literal["exp", "step"]
 Accumulation = Literal["epoch", "cumulative"]
-
-
-# ---------------------------------------------------------------------------------------
-# pure functions
-# ---------------------------------------------------------------------------------------
-def normalize(
-    x: Tensor,
-    method: Normalization = "minmax",
-    percentiles: tuple[float | None, float] = (None, 75.0),
-    extra_zeros: int = 0,
-) -> Tensor:
-    """Map importance values of one layer into ``[0, 1]`` ("Normalized" of Eq. 9).
-
-    Parameters
-    ----------
-    x
-        Importance of every unit of a layer (any shape; normalised over all entries).
-    method
-        ``'minmax'``: ``(x - min) / (max - min)``. ``'percentile'``: percentile-clipped
-        min-max ``clip((x - P_lo) / (P_hi - P_lo), 0, 1)`` as in the released code.
-    percentiles
-        ``(lo, hi)`` in percent for ``'percentile'``; ``lo=None`` means the minimum.
-    extra_zeros
-        Units that were physically removed from the layer and count with importance 0,
-        exactly what they contribute while they are only masked (a masked unit is
-        silent, so its trace, BCM and D are 0); this keeps a shrunk layer's scale equal
-        to the masked layer's.
-
-    Returns
-    -------
-    Tensor
-        Same shape as ``x``; 0.5 everywhere when the range is zero.
-    """
-    flat = x.detach().float().flatten()
-    if extra_zeros:
-        flat = torch.cat([flat, flat.new_zeros(extra_zeros)])
-    if method == "minmax":
-        lo, hi = flat.min(), flat.max()
-    elif method == "percentile":
-        p_lo, p_hi = percentiles
-        lo = flat.min() if p_lo is None else torch.quantile(flat, p_lo / 100.0)
-        hi = torch.quantile(flat, p_hi / 100.0)
-    else:
-        raise ConfigError(f"unknown normalization {method!r}; use 'minmax' or 'percentile'")
-    if not bool(hi > lo):
-        return torch.full_like(x, 0.5, dtype=torch.float32)
-    return ((x.float() - lo) / (hi - lo)).clamp_(0.0, 1.0)
-
-
-def survival_increment(normalized: Tensor, eps: float, bonus: float, strict: bool = False) -> Tensor:
-    """Eqs. (9)-(10): ``delta = 2 * Norm(x) - eps``; ``dF = delta + C`` where delta is positive.
-
-    ``strict=False`` rewards ``delta >= 0`` (paper), ``strict=True`` only ``delta > 0`` (code).
-    """
-    delta = 2.0 * normalized - eps
-    positive = delta > 0 if strict else delta >= 0
-    return torch.where(positive, delta + bonus, delta)
-
-
-def schedule_factor(epoch: int, eta: float, start_epoch: float = 0.0, kind: Schedule = "exp") -> float:
-    """Weight of epoch ``epoch``'s update in Eq. (11); 0 before ``start_epoch``.
-
-    ``'exp'``: ``exp(-(e - e0) / eta)`` (the paper's ``exp(-e/eta)`` for ``e0 = 0``);
-    ``'step'``: ``exp(-floor((e - e0) / eta))`` (the released code).
-    """
-    if epoch < start_epoch:
-        return 0.0
-    age = (epoch - start_epoch) / eta
-    if kind == "step":
-        age = math.floor(age)
-    elif kind != "exp":
-        raise ConfigError(f"unknown schedule {kind!r}; use 'exp' or 'step'")
-    return math.exp(-age)
-
-
-def update_survival(value: Tensor, increment: Tensor, gamma: float, factor: float) -> Tensor:
-    """Eq. (11): ``F <- gamma * F + factor * dF``."""
-    return gamma * value + factor * increment
-
-
-# ---------------------------------------------------------------------------------------
-# configuration
-# ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SurvivalRule:
-    """Hyper-parameters of the survival function of one kind of unit.
-
-    Parameters
-    ----------
-    eps
-        Decay value epsilon of Eq. (9): units whose normalised importance is below
-        ``eps / 2`` lose survival.
-    bonus
-        The constant ``C`` of Eq. (10) added in epochs where ``delta`` is positive.
-    eta
-        Decay rate of the schedule in Eq. (11), in epochs (or as a fraction of the
-        planned epochs when :attr:`DPAPConfig.relative_schedule` is set).
-    start_epoch
-        First epoch (0-based) whose statistics update ``F`` (same unit as ``eta``).
-    gamma
-        Multiplicative decay of ``F`` per update.
-    beta
-        Initial survival value.
-    """
-
-    eps: float
-    bonus: float
-    eta: float
-    start_epoch: float = 0.0
-    gamma: float = 0.999
-    beta: float = 10.0
-
-    def __post_init__(self) -> None:
-        for name in ("eps", "bonus", "eta", "start_epoch", "gamma", "beta"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ConfigError(f"SurvivalRule.{name} must be a finite number, got {value!r}")
-        if self.eta <= 0:
-            raise ConfigError(f"SurvivalRule.eta must be > 0, got {self.eta}")
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"SurvivalRule.gamma must be in (0, 1], got {self.gamma}")
-        if self.start_epoch < 0:
-            raise ConfigError(f"SurvivalRule.start_epoch must be >= 0, got {self.start_epoch}")
-        if self.bonus < 0:
-            raise ConfigError(f"SurvivalRule.bonus (C) must be >= 0, got {self.bonus}")
 
 
 _RULE_FIELDS = tuple(f.name for f in dataclasses.fields(SurvivalRule))
@@ -278,7 +124,18 @@ class DPAPConfig:
         """The rule for ``kind``; ``'time'`` falls back to ``layer_kind``'s rule."""
         if kind == "time":
             return self.time if self.time is not None else getattr(self, layer_kind)
-        return getattr(self, kind)
+        rule: SurvivalRule = getattr(self, kind)
+        return rule
+
+    @property
+    def update_form(self) -> UpdateForm:
+        """The variant of Eqs. (9)-(11) this configuration evaluates."""
+        return UpdateForm(self.normalization, self.percentiles, self.strict_positive, self.schedule)
+
+    def survival_state(self, shape: tuple[int, ...], kind: LayerKind, layer_kind: Literal["conv", "linear"],
+                       device: Any = None) -> SurvivalState:
+        """A fresh :class:`SurvivalState` for units of ``kind`` in a ``layer_kind`` layer (absolute schedule)."""
+        return SurvivalState(shape, self.rule(kind, layer_kind), self.update_form, device)
 
     def resolve(self, epochs: int) -> DPAPConfig:
         """Return a copy with an absolute schedule for a run of ``epochs`` epochs."""
@@ -395,78 +252,3 @@ def get_preset(name: str | DPAPConfig = "braincog", **params: Any) -> DPAPConfig
         except KeyError:
             raise ConfigError(f"unknown DPAP preset {name!r}; choose one of {sorted(PRESETS)}") from None
     return base.with_params(params) if params else base
-
-
-# ---------------------------------------------------------------------------------------
-# state
-# ---------------------------------------------------------------------------------------
-class SurvivalState:
-    """Survival values ``F`` and the permanent 0/1 mask of one group of units.
-
-    Parameters
-    ----------
-    shape
-        Shape of the unit group, e.g. ``(C_out,)`` for channels, ``(N_out, N_in)`` for synapses.
-    rule
-        Its :class:`SurvivalRule` (absolute schedule).
-    config
-        The :class:`DPAPConfig` supplying normalisation, branch and schedule kind.
-    """
-
-    def __init__(self, shape: tuple[int, ...], rule: SurvivalRule, config: DPAPConfig,
-                 device: torch.device | str | None = None) -> None:
-        self.rule = rule
-        self.config = config
-        self.value = torch.full(shape, float(rule.beta), device=device)
-        self.mask = torch.ones(shape, dtype=torch.bool, device=device)
-
-    def step(self, importance: Tensor, epoch: int, keep_at_least: int = 0, extra_zeros: int = 0) -> int:
-        """Update ``F`` with this epoch's importance (Eqs. 9-11) and prune where ``F < 0``.
-
-        Parameters
-        ----------
-        importance
-            Importance of every unit, same shape as the state.
-        epoch
-            0-based epoch whose statistics ``importance`` summarises.
-        keep_at_least
-            Never let fewer than this many units survive (the ones with the highest
-            ``F`` are kept); 0 disables the guard.
-        extra_zeros
-            Units of the layer that were removed physically (see :func:`normalize`).
-
-        Returns
-        -------
-        int
-            Number of units pruned by this step.
-        """
-        factor = schedule_factor(epoch, self.rule.eta, self.rule.start_epoch, self.config.schedule)
-        if factor == 0.0:
-            return 0
-        norm = normalize(importance.to(self.value.device), self.config.normalization, self.config.percentiles,
-                         extra_zeros)
-        increment = survival_increment(norm, self.rule.eps, self.rule.bonus, self.config.strict_positive)
-        self.value = update_survival(self.value, increment, self.rule.gamma, factor)
-        alive_before = int(self.mask.sum())
-        new_mask = self.mask & (self.value >= 0)
-        if keep_at_least and int(new_mask.sum()) < min(keep_at_least, alive_before):
-            ranked = torch.where(self.mask, self.value, torch.full_like(self.value, -math.inf)).flatten()
-            keep = ranked.topk(min(keep_at_least, alive_before)).indices
-            new_mask = new_mask.flatten()
-            new_mask[keep] = True
-            new_mask = new_mask.view_as(self.mask)
-        self.mask = new_mask
-        return alive_before - int(new_mask.sum())
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"value": self.value.clone(), "mask": self.mask.clone()}
-
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        for key in ("value", "mask"):
-            if key not in state or tuple(state[key].shape) != tuple(self.value.shape):
-                raise ConfigError(
-                    f"survival state {key!r} missing or of the wrong shape "
-                    f"(expected {tuple(self.value.shape)}): the checkpoint does not match this model"
-                )
-        self.value = state["value"].to(self.value.device, torch.float32).clone()
-        self.mask = state["mask"].to(self.mask.device, torch.bool).clone()
