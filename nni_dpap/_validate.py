@@ -35,11 +35,11 @@ def check_float(name: str, value: Any, minimum: float | None = None, maximum: fl
         ok = value <= maximum
     if not ok:
         if minimum is not None and maximum is not None:
-            what = f"a number in {'(' if strict_minimum else '['}{minimum}, {maximum}]"
+            what = f"a number in {'(' if strict_minimum else '['}{minimum:g}, {maximum:g}]"
         elif minimum is not None:
-            what = f"a number {'>' if strict_minimum else '>='} {minimum}"
+            what = f"a number {'>' if strict_minimum else '>='} {minimum:g}"
         elif maximum is not None:
-            what = f"a number <= {maximum}"
+            what = f"a number <= {maximum:g}"
         else:
             what = "a finite number"
         raise ConfigError(f"{name} must be {what}{hint}, got {value!r}")

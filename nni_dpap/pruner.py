@@ -28,7 +28,7 @@ from ._nni import check_evaluator, check_model, evaluator_optimizers
 from ._validate import check_int
 from .adapters import find_adapter
 from .distributed import ddp_prefix, mean_over_ranks, strip_prefix, sum_over_ranks, world_size
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
 from .graph import LayerLink
 from .policy import DPAPConfig, get_preset
 from .report import record_epoch, time_sparsity
@@ -223,6 +223,11 @@ class DPAPPruner(Pruner):
         return {name: layer.stats.window(sum_over_ranks) for name, layer in self._layers.items()}
 
     def _calculate_metrics(self, data: _METRICS) -> _METRICS:
+        for name, window in data.items():
+            if not all(bool(torch.isfinite(t).all()) for t in window.values()):
+                raise TrainingError(
+                    f"DPAP's statistics of {name!r} are not finite at epoch {self.current_epoch}: training diverged "
+                    "(NaN or infinite activations). Lower the learning rate or check the data; no mask was changed")
         return {name: self._layers[name].importance(window) for name, window in data.items()}
 
     def _generate_sparsity(self, metrics: _METRICS) -> _METRICS:

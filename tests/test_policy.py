@@ -102,7 +102,7 @@ def test_with_params_relative_schedule_and_roundtrip():
     assert DPAPConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown DPAP hyper-parameter 'conv_epsilon'"):
         cfg.with_params(conv_epsilon=1.0)
-    with pytest.raises(ConfigError, match="eta must be > 0"):
+    with pytest.raises(ConfigError, match="eta must be a number > 0"):
         get_preset("paper", conv_eta=0.0)
     with pytest.raises(ConfigError, match="relative_schedule"):
         get_preset("braincog", relative_schedule=True)  # eta = 12 is not a fraction

@@ -31,6 +31,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
+from .._validate import check_bool, check_choice, check_float
 from ..errors import ConfigError
 from .rule import SurvivalRule
 from .survival import Normalization, Schedule, SurvivalState, UpdateForm
@@ -95,17 +96,20 @@ class DPAPConfig:
     prune_linear_synapses: bool = True
 
     def __post_init__(self) -> None:
-        if self.normalization not in ("minmax", "percentile"):
-            raise ConfigError(f"normalization must be 'minmax' or 'percentile', got {self.normalization!r}")
-        lo, hi = self.percentiles
-        if not (0 <= (0 if lo is None else lo) < hi <= 100):
-            raise ConfigError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles!r}")
-        if self.schedule not in ("exp", "step"):
-            raise ConfigError(f"schedule must be 'exp' or 'step', got {self.schedule!r}")
-        if self.accumulation not in ("epoch", "cumulative"):
-            raise ConfigError(f"accumulation must be 'epoch' or 'cumulative', got {self.accumulation!r}")
-        if not 0 <= self.trace_tau <= 1:
-            raise ConfigError(f"trace_tau must be in [0, 1], got {self.trace_tau}")
+        check_choice("normalization", self.normalization, ["minmax", "percentile"])
+        check_choice("schedule", self.schedule, ["exp", "step"])
+        check_choice("accumulation", self.accumulation, ["epoch", "cumulative"])
+        for flag in ("strict_positive", "normalize_spine_factors", "relative_schedule", "prune_conv_channels",
+                     "prune_conv_kernels", "prune_linear_neurons", "prune_linear_synapses"):
+            check_bool(flag, getattr(self, flag))
+        check_float("trace_tau", self.trace_tau, minimum=0.0, maximum=1.0)
+        percentiles = self.percentiles
+        if not isinstance(percentiles, (tuple, list)) or len(percentiles) != 2:
+            raise ConfigError(f"percentiles must be [lo, hi] (lo may be null for the minimum), got {percentiles!r}")
+        lo = 0.0 if percentiles[0] is None else check_float("percentiles[0]", percentiles[0])
+        hi = check_float("percentiles[1]", percentiles[1])
+        if not 0 <= lo < hi <= 100:
+            raise ConfigError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {percentiles!r}")
         for kind in ("conv", "linear", "time"):
             rule = getattr(self, kind)
             if rule is not None and not isinstance(rule, SurvivalRule):

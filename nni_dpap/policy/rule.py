@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from .._validate import check_float
 
 __all__ = ["SurvivalRule"]
 
@@ -40,15 +39,9 @@ class SurvivalRule:
     beta: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("eps", "bonus", "eta", "start_epoch", "gamma", "beta"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ConfigError(f"SurvivalRule.{name} must be a finite number, got {value!r}")
-        if self.eta <= 0:
-            raise ConfigError(f"SurvivalRule.eta must be > 0, got {self.eta}")
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"SurvivalRule.gamma must be in (0, 1], got {self.gamma}")
-        if self.start_epoch < 0:
-            raise ConfigError(f"SurvivalRule.start_epoch must be >= 0, got {self.start_epoch}")
-        if self.bonus < 0:
-            raise ConfigError(f"SurvivalRule.bonus (C) must be >= 0, got {self.bonus}")
+        check_float("SurvivalRule.eps (epsilon)", self.eps, minimum=0.0)
+        check_float("SurvivalRule.bonus (C)", self.bonus, minimum=0.0)
+        check_float("SurvivalRule.eta", self.eta, minimum=0.0, strict_minimum=True)
+        check_float("SurvivalRule.start_epoch", self.start_epoch, minimum=0.0)
+        check_float("SurvivalRule.gamma", self.gamma, minimum=0.0, maximum=1.0, strict_minimum=True)
+        check_float("SurvivalRule.beta (initial survival)", self.beta, minimum=0.0, strict_minimum=True)
