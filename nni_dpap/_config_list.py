@@ -124,7 +124,7 @@ def resolve_links(model: nn.Module, config_list: Sequence[dict[str, Any]], *, te
     """
     targets = select_targets(model, config_list)
     prefix = ddp_prefix(model)
-    inner = model.module if prefix else model
+    inner: nn.Module = model.module if prefix else model  # type: ignore[assignment]
     neuron_map = {strip_prefix(k, prefix): strip_prefix(v, prefix) for k, v in (neuron_map or {}).items()}
     info = with_prefix(link_layers(inner, [strip_prefix(t, prefix) for t in targets], leaf_modules=leaf_modules,
                                    concrete_args=concrete_args, neuron_map=neuron_map), prefix)

@@ -63,10 +63,14 @@ class LayerState:
     time: SurvivalState | None = None  # [n_out, T] (neuron, time step) pairs, created at the first update
 
     @classmethod
-    def build(cls, link: LayerLink, module: nn.Module, config: DPAPConfig, temporal: bool,
+    def build(cls, link: LayerLink, modules: Mapping[str, nn.Module], config: DPAPConfig, temporal: bool,
               device: torch.device) -> LayerState:
-        """A fresh state for ``module`` (the layer ``link`` names), as ``config`` asks."""
+        """A fresh state for the layer ``link`` names (``modules``: the model's modules by name), as ``config`` asks."""
+        module = modules[link.name]
         n_out, n_in = layer_size(module)
+        for bn in link.norms:
+            if getattr(modules[bn], "num_features", n_out) != n_out:
+                raise ConfigError(f"BatchNorm {bn!r} after layer {link.name!r} does not have {n_out} features")
         prune_neurons = config.prune_conv_channels if link.kind == "conv" else config.prune_linear_neurons
         prune_synapses = config.prune_linear_synapses if link.kind == "linear" else config.prune_conv_kernels
         if link.kind == "conv" and prune_synapses and getattr(module, "groups", 1) != 1:
@@ -136,6 +140,12 @@ class LayerState:
             return None
         return (self.time.mask & self.neuron_mask[:, None]).float()
 
+    @property
+    def weight(self) -> Tensor:
+        weight = self.module.weight
+        assert isinstance(weight, Tensor)
+        return weight
+
     # -- reading the signals ---------------------------------------------------------
     def pre_rows(self, x: Tensor) -> Tensor:
         """The layer's input as ``[rows, n_in]``: one row per (time step, sample), time-major.
@@ -146,7 +156,7 @@ class LayerState:
         x = x.detach()
         if self.link.kind == "linear":
             return x.reshape(-1, x.shape[-1])
-        if x.dim() == self.module.weight.dim() + 1:
+        if x.dim() == self.weight.dim() + 1:
             x = x.flatten(0, 1)
         return reduce_spatial(x, channel_dim=1)
 
@@ -220,6 +230,11 @@ class LayerState:
             out["steps_kept"] = int((self.time.mask & alive).sum())
             out["steps_total"] = int(alive.sum())
         return out
+
+    def survival_values(self) -> dict[str, Tensor]:
+        """The survival values ``F`` of the layer's units and synapses (those that are pruned)."""
+        return {kind: state.value for kind, state in (("units", self.neurons), ("synapses", self.synapses))
+                if state is not None}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ._collector import SignalCollector
 from ._config_list import resolve_links
-from ._layers import LayerState, layer_size, neuron_time_masks
+from ._layers import LayerState, neuron_time_masks
 from ._nni import check_evaluator, check_model, evaluator_optimizers
 from ._validate import check_int
 from .adapters import find_adapter
@@ -40,6 +40,29 @@ __all__ = ["DPAPPruner"]
 
 _logger = logging.getLogger(__name__)
 _METRICS = dict[str, dict[str, Tensor]]
+_STEP_MISMATCH = ("the training function made %d optimizer steps, but epochs * steps_per_epoch = %d * %d = %d: "
+                  "DPAP's epochs were not the training loop's epochs. Pass steps_per_epoch=len(train_loader) and "
+                  "make the training function respect max_steps / max_epochs.")
+
+
+def _configuration(preset: str | DPAPConfig, hparams: Mapping[str, Any] | None, epochs: int) -> DPAPConfig:
+    if hparams is not None and not isinstance(hparams, Mapping):
+        raise ConfigError(f"hparams must be a dict of flat DPAP hyper-parameters such as {{'conv_eps': 0.8}}, "
+                          f"got {type(hparams).__name__}")
+    return get_preset(preset, **dict(hparams or {})).resolve(epochs)
+
+
+def _check_shrinking(model: nn.Module, shrink_every: Any, dummy_input: Any) -> int | None:
+    if shrink_every is None:
+        return None
+    check_int("shrink_every", shrink_every)
+    if isinstance(model, DistributedDataParallel):
+        raise ConfigError("shrink_every is not supported for DistributedDataParallel models yet; use "
+                          "shrink_every=None and shrink the trained model with nni_dpap.speedup")
+    if dummy_input is None:
+        raise ConfigError("shrink_every needs an input batch to trace the model: pass dummy_input=... to "
+                          "DPAPPruner (or to the TorchEvaluator)")
+    return int(shrink_every)
 
 
 class DPAPPruner(Pruner):
@@ -67,7 +90,8 @@ class DPAPPruner(Pruner):
     evaluator
         An NNI evaluator with a training function and an ``nni.trace``-d optimizer (``TorchEvaluator``).
         ``compress()`` calls the training function with ``max_steps = epochs * steps_per_epoch`` and
-        ``max_epochs = epochs``.
+        ``max_epochs = epochs`` (the remaining epochs after :meth:`load_state_dict`) and returns
+        ``(model, masks)`` in NNI's format.
     epochs, steps_per_epoch
         Training epochs (DPAP's schedule is laid out over them) and optimizer steps per epoch, normally
         ``len(train_loader)``: DPAP closes an epoch every ``steps_per_epoch`` steps.
@@ -116,18 +140,9 @@ class DPAPPruner(Pruner):
         self.epochs = check_int("epochs", epochs)
         self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, hint=" (pass len(train_loader))")
         self.keep_at_least = check_int("keep_at_least", keep_at_least, minimum=0)
-        if hparams is not None and not isinstance(hparams, Mapping):
-            raise ConfigError(f"hparams must be a dict of flat DPAP hyper-parameters such as {{'conv_eps': 0.8}}, "
-                              f"got {type(hparams).__name__}")
-        self.dpap_config = get_preset(preset, **dict(hparams or {})).resolve(self.epochs)
-        self.shrink_every = None if shrink_every is None else check_int("shrink_every", shrink_every)
+        self.dpap_config = _configuration(preset, hparams, self.epochs)
         self._dummy_input = dummy_input if dummy_input is not None else getattr(evaluator, "dummy_input", None)
-        if self.shrink_every is not None and isinstance(model, DistributedDataParallel):
-            raise ConfigError("shrink_every is not supported for DistributedDataParallel models yet; use "
-                              "shrink_every=None and shrink the trained model with nni_dpap.speedup")
-        if self.shrink_every is not None and self._dummy_input is None:
-            raise ConfigError("shrink_every needs an input batch to trace the model: pass dummy_input=... to "
-                              "DPAPPruner (or to the TorchEvaluator)")
+        self.shrink_every = _check_shrinking(model, shrink_every, self._dummy_input)
         self._leaf_modules, self._concrete_args = tuple(leaf_modules), concrete_args
         self.temporal = bool(temporal)
         info = resolve_links(model, config_list, temporal=self.temporal, leaf_modules=leaf_modules,
@@ -139,24 +154,15 @@ class DPAPPruner(Pruner):
         super().__init__(model=model, config_list=internal, evaluator=evaluator, existed_wrappers=existed_wrappers)
         self.evaluator: Evaluator
         self._modules = dict(self.bound_model.named_modules())
-        self._layers = {name: self._build_layer(link) for name, link in info.links.items()}
+        self._layers = {name: LayerState.build(link, self._modules, self.dpap_config, self.temporal,
+                                               self._target(name, "weight").device)
+                        for name, link in info.links.items()}
         self._collector = SignalCollector(self._layers, self._modules,
                                           [(m, a) for m in self._modules.values() if (a := find_adapter(m))])
-        self.current_epoch, self._global_step, self.shrinks = 0, 0, 0
+        self.current_epoch, self._global_step, self.shrinks, self._pruned_since_shrink = 0, 0, 0, False
         self._masked: set[str] = set()
         self.history: list[dict[str, Any]] = []
-        self.writer = writer
-        self._hooks: list[Any] = []
-        self._pruned_since_shrink = False
-
-    def _build_layer(self, link: LayerLink) -> LayerState:
-        module = self._modules[link.name]
-        n_out = layer_size(module)[0]
-        for bn in link.norms:
-            if getattr(self._modules[bn], "num_features", n_out) != n_out:
-                raise ConfigError(f"BatchNorm {bn!r} after layer {link.name!r} does not have {n_out} features")
-        device = self._target(link.name, "weight").device
-        return LayerState.build(link, module, self.dpap_config, self.temporal, device)
+        self.writer, self._hooks = writer, list[Any]()
 
     def _target(self, module_name: str, target_name: str) -> Tensor:
         target = self._module_wrappers[module_name].pruning_target_spaces[target_name].target
@@ -198,11 +204,7 @@ class DPAPPruner(Pruner):
         self._collector.commit()
         expected = self.epochs * self.steps_per_epoch
         if self._global_step != expected:
-            _logger.warning(
-                "the training function made %d optimizer steps, but epochs * steps_per_epoch = %d * %d = %d: "
-                "DPAP's epochs were not the training loop's epochs. Pass steps_per_epoch=len(train_loader) and "
-                "make the training function respect max_steps / max_epochs.",
-                self._global_step, self.epochs, self.steps_per_epoch, expected)
+            _logger.warning(_STEP_MISMATCH, self._global_step, self.epochs, self.steps_per_epoch, expected)
 
     def _single_compress(self, max_steps: int | None, max_epochs: int | None) -> None:
         if max_steps is not None or max_epochs is not None:
@@ -213,9 +215,8 @@ class DPAPPruner(Pruner):
             raise ConfigError(f"all {self.epochs} epochs are done (epoch {self.current_epoch}); nothing to train")
         self._fusion_compress(remaining * self.steps_per_epoch, remaining)
 
-    def compress(self, max_steps: int | None = None, max_epochs: int | None = None
-                 ) -> tuple[nn.Module, dict[str, dict[str, Tensor]]]:
-        """Train for ``epochs`` epochs while pruning (the remaining ones after a resume); NNI-format masks."""
+    def compress(self, max_steps: int | None = None, max_epochs: int | None = None) -> tuple[nn.Module, _METRICS]:
+        """Train while pruning (see the class docstring); NNI itself requires the two arguments."""
         return super().compress(max_steps, max_epochs)
 
     # -- the three NNI stages ------------------------------------------------------------
@@ -259,10 +260,8 @@ class DPAPPruner(Pruner):
                 self._masked.update((name, *layer.link.norms))
             layer.stats.end_epoch()
         self._refresh_masks(update=False)
-        summary = self.summary()
-        survival = {n: {k: s.value for k, s in (("units", lay.neurons), ("synapses", lay.synapses)) if s is not None}
-                    for n, lay in self._layers.items()}
-        self.history.append(record_epoch(self.current_epoch, summary, survival, self.writer, self.temporal))
+        survival = {name: layer.survival_values() for name, layer in self._layers.items()}
+        self.history.append(record_epoch(self.current_epoch, self.summary(), survival, self.writer, self.temporal))
         if self.shrink_every is not None and (self.current_epoch + 1) % self.shrink_every == 0 \
                 and self._pruned_since_shrink:
             self.shrink()

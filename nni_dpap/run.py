@@ -305,11 +305,12 @@ class Run:
                 f"epoch ({epoch}) and nothing else was written")
         with FiringRates(model) as rates:
             accuracy = evaluate_accuracy(model, self.test_loader)
-        record = {"epoch": epoch, "loss": loss, "accuracy": accuracy, "firing_rates": rates.rates()}
+        firing = rates.rates()
+        record = {"epoch": epoch, "loss": loss, "accuracy": accuracy, "firing_rates": firing}
         self.history.append(record)
         self.writer.add_scalar("train/loss", loss, epoch)
         self.writer.add_scalar("test/accuracy", accuracy, epoch)
-        for name, rate in record["firing_rates"].items():
+        for name, rate in firing.items():
             self.writer.add_scalar(f"snn/firing_rate/{name}", rate, epoch)
         self.writer.flush()
         save_checkpoint(self.checkpoint, {

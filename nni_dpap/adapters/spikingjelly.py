@@ -40,7 +40,7 @@ class SpikingJellyAdapter(NeuronAdapter):
         return output if _multi_step(module) else output.unsqueeze(0)
 
     def reset(self, module: nn.Module) -> None:
-        module.reset()  # MemoryModule.reset restores the initial state
+        module.reset()  # type: ignore[operator]  # MemoryModule.reset restores the initial state
         reset_step(module)
 
     def set_time_mask(self, module: nn.Module, mask: Tensor | None) -> None:
@@ -63,7 +63,7 @@ class SpikingJellyAdapter(NeuronAdapter):
 
         def forward(x: Any) -> Any:
             y = x.flatten(0, 1)
-            for child in module:
+            for child in module.children():
                 y = child(y)
             return y.unflatten(0, (x.shape[0], x.shape[1]))
 
@@ -77,7 +77,7 @@ class SpikingJellyAdapter(NeuronAdapter):
                  and not _from_spikingjelly(m, "MultiStepModule")]
         try:
             for name, _ in saved:
-                model.get_submodule(name).step_mode = "s"
+                model.get_submodule(name).step_mode = "s"  # type: ignore[assignment]
             yield
         finally:
             for name, mode in saved:

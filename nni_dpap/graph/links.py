@@ -243,9 +243,9 @@ def link_layers(
         nodes = calls[layer]
         upstream = upstream_of(modules, nodes[0]) if nodes else None
         if layer in neuron_map:
-            neuron = neuron_map[layer]
-            links[layer] = LayerLink(layer, kind, neuron, is_neuron(modules[neuron]),
-                                     (Readout(neuron, None),), (), upstream)
+            mapped = neuron_map[layer]
+            links[layer] = LayerLink(layer, kind, mapped, is_neuron(modules[mapped]),
+                                     (Readout(mapped, None),), (), upstream)
             continue
         if not nodes:
             raise GraphError(
@@ -255,11 +255,14 @@ def link_layers(
         if any(_reaches_output(modules, node) for node in nodes):
             outputs.append(layer)
             continue
-        readouts, neurons, spiking, norms = [], set(), set(), []
+        readouts: list[Readout] = []
+        neurons: set[str | None] = set()
+        spiking: set[bool] = set()
+        norms: list[str] = []
         for node in nodes:
-            readout, neuron, is_spiking, found_norms = _link_call(modules, node, layer, call_index)
+            readout, found, is_spiking, found_norms = _link_call(modules, node, layer, call_index)
             readouts.append(readout)
-            neurons.add(neuron)
+            neurons.add(found)
             spiking.add(is_spiking)
             norms += [n for n in found_norms if n not in norms]
         if len(neurons) > 1 or len(spiking) > 1:

@@ -90,8 +90,8 @@ def is_time_fold(node: fx.Node) -> bool:
         return False
     args = list(node.args[1:])
     if node.target == "flatten":
-        return args[:2] == [0, 1] or (node.kwargs.get("start_dim") == 0 and node.kwargs.get("end_dim") == 1)
-    return (args[:1] == [0]) or node.kwargs.get("dim") == 0
+        return bool(args[:2] == [0, 1] or (node.kwargs.get("start_dim") == 0 and node.kwargs.get("end_dim") == 1))
+    return bool(args[:1] == [0] or node.kwargs.get("dim") == 0)
 
 
 def is_passthrough(modules: Mapping[str, nn.Module], node: fx.Node) -> bool:

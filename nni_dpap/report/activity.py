@@ -44,7 +44,7 @@ class ActivityCost:
 
 def _count_ops(module: nn.Module, events: Tensor) -> tuple[float, float]:
     """Exact number of (non-zero input, weight) products of ``module`` on ``events`` (0/1), and with all weights."""
-    weight = module.weight.detach()
+    weight = module.weight.detach()  # type: ignore[operator]
     present = weight.ne(0).to(events.dtype)
     if not isinstance(module, nn.Linear) and events.dim() == weight.dim() + 1:
         events = events.flatten(0, 1)  # a multi-step conv's [T, N, C, ...] input (SpikingJelly)
@@ -53,7 +53,7 @@ def _count_ops(module: nn.Module, events: Tensor) -> tuple[float, float]:
         return float((flat @ present.t()).sum()), float(flat.sum() * weight.shape[0])
     functional = torch.nn.functional
     conv = {1: functional.conv1d, 2: functional.conv2d, 3: functional.conv3d}[weight.dim() - 2]
-    args = (None, module.stride, module.padding, module.dilation, module.groups)
+    args: tuple[Any, ...] = (None, module.stride, module.padding, module.dilation, module.groups)
     return float(conv(events, present, *args).sum()), float(conv(events, torch.ones_like(present), *args).sum())
 
 

@@ -74,7 +74,7 @@ def layer_costs(
             if isinstance(module, nn.Linear):
                 positions[name] = 1  # one output vector per sample and time step
                 return
-            if output.dim() == module.weight.dim() + 1:  # [T, N, C, ...] of a multi-step conv
+            if output.dim() == module.weight.dim() + 1:  # type: ignore[operator]  # [T, N, C, ...] of a multi-step conv
                 output = output.flatten(0, 1)
             positions[name] = output[0, 0].numel()
         handles.append(modules[name].register_forward_hook(record))

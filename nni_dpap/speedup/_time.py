@@ -152,6 +152,12 @@ _DIM_ARGS: dict[str, tuple[int, ...]] = {  # positional indices (after the tenso
     "cumsum": (1,), "squeeze": (1,), "unsqueeze": (1,), "cat": (1,), "concat": (1,), "stack": (1,),
 }
 _RESHAPES = {"view", "reshape"}
+_ELEMENTWISE = {  # ops that act on every element alike (their int arguments are not dims)
+    "add", "sub", "mul", "truediv", "floordiv", "pow", "neg", "iadd", "isub", "imul", "itruediv", "div", "float",
+    "double", "half", "to", "type_as", "clamp", "clamp_min", "clamp_max", "relu", "sigmoid", "tanh", "abs", "exp",
+    "log", "sqrt", "contiguous", "clone", "detach", "masked_fill", "where", "maximum", "minimum", "dropout",
+    "leaky_relu", "gelu", "silu", "elu", "hardtanh", "relu6",
+}
 _REPEATS = {"repeat", "expand", "tile"}
 
 
@@ -209,8 +215,9 @@ def _timed_op(new: fx.Graph, node: fx.Node, env: dict[fx.Node, Any], layouts: di
         return _reshape(new, node, env, source, out)
     if name in _DIM_ARGS:
         return _copy_with_dims(new, node, env, into)
-    if not any(isinstance(a, int) and not isinstance(a, bool) for a in tree_flatten((node.args, node.kwargs))[0]):
-        return _create(new, node, node.args, dict(node.kwargs), env)  # elementwise
+    if name.rstrip("_") in _ELEMENTWISE or not any(
+            isinstance(a, int) and not isinstance(a, bool) for a in tree_flatten((node.args, node.kwargs))[0]):
+        return _create(new, node, node.args, dict(node.kwargs), env)
     raise SpeedupError(
         f"cannot propagate masks through {node.format_node()} of a tensor with a time dim: nni-dpap removes the "
         "time dim for mask propagation and does not know this op. Fix: shrink the model with its neurons in "
