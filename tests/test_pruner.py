@@ -60,13 +60,16 @@ def test_snn_end_to_end(tiny_snn, make_evaluator, digits):
     pruner.unwrap_model()
     final = _check_run(pruner, recorded, model, epochs)
     assert set(final) == {"conv", "bn", "fc1"}  # BN masked with its conv's channels
-    assert torch.equal(final["bn"]["weight"], final["conv"]["bias"])
+    channels = final["conv"]["weight"].flatten(1).ne(0).any(1).float()  # the conv's live output channels
+    assert 0 < int(channels.sum()) < 8  # some channels are pruned, so the comparison below means something
+    for target in ("weight", "bias"):  # BN masked with its conv's channels, as is the conv's bias
+        assert torch.equal(final["bn"][target], channels) and torch.equal(final["conv"]["bias"], channels)
     assert set(masks) == {"conv", "bn", "fc1"}
     summary = pruner.summary()
     assert summary["fc1"]["weights_kept"] < summary["fc1"]["weights_total"]
     assert summary["fc1"]["neurons_kept"] >= 1 and summary["conv"]["neurons_kept"] >= 1
     # output layer: trained but never masked
-    assert not torch.equal(model.fc2.weight, fc2_before) and bool(model.fc2.weight.ne(0).all())
+    assert float((model.fc2.weight.detach() - fc2_before).abs().max()) > 1e-3 and bool(model.fc2.weight.ne(0).all())
     assert evaluate_accuracy(model, digits[1]) > 0.5
 
 
@@ -160,7 +163,11 @@ def test_step_mismatch_warning_and_writer(tiny_ann, make_evaluator, digits, capl
         pruner.compress()
     assert "optimizer steps" in caplog.text and "steps_per_epoch" in caplog.text
     assert pruner.current_epoch == 1  # the loop ran 2 real epochs = fewer steps than 2 * (len + 5)
-    assert ("dpap/kept_units/fc1", pytest.approx(1.0, abs=1.0), 0) in [(t, v, s) for t, v, s in writer.scalars]
+    first = pruner.history[0]["layers"]["fc1"]
+    kept_units = [(v, s) for t, v, s in writer.scalars if t == "dpap/kept_units/fc1"]
+    assert kept_units == [(first["neurons_kept"] / first["neurons_total"], 0)]
+    kept_weights = [(v, s) for t, v, s in writer.scalars if t == "dpap/kept_weights/fc1"]
+    assert kept_weights == [(first["weights_kept"] / first["weights_total"], 0)] and kept_weights[0][0] < 1
     assert ("dpap/survival_units/conv", 0) in writer.histograms
 
 
