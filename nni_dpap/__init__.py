@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from . import errors
+from . import errors, speedup  # speedup: a module that can be called, speedup(model, dummy_input, masks)
 from .policy import DPAPConfig, SurvivalRule, get_preset
 from .pruner import DPAPPruner
 from .adapters.network import auto_reset, reset_net
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DPAPPruner",
+    "speedup",
     "DPAPConfig",
     "SurvivalRule",
     "get_preset",
