@@ -215,7 +215,7 @@ class Run:
         self.logdir, self.checkpoint = Path(self.settings["logdir"]), Path(self.settings["checkpoint"])
         self.identity = {k: self.settings[k] for k in IDENTITY_KEYS}
         self.history: list[dict[str, Any]] = []
-        self.losses: list[float] = []
+        self.losses: list[torch.Tensor] = []
 
     def execute(self) -> dict[str, Any]:
         """Train with DPAP; return the final metrics (or ``{'stopped_at': epoch}`` when stopped early)."""
@@ -282,7 +282,7 @@ class Run:
     # -- callbacks of the training loop -------------------------------------------------
     def _training_step(self, batch: Any, model: nn.Module) -> torch.Tensor:
         loss = classification_step(batch, model)
-        self.losses.append(float(loss.detach()))
+        self.losses.append(loss.detach())  # summed once per epoch: no wait for the device at every step
         return loss
 
     def _start_of_training(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedulers: list[Any]) -> None:
@@ -296,7 +296,7 @@ class Run:
 
     def _end_of_epoch(self, model: nn.Module, local_epoch: int) -> None:
         epoch = self.start_epoch + local_epoch
-        loss = sum(self.losses) / max(len(self.losses), 1)
+        loss = float(torch.stack(self.losses).mean()) if self.losses else float("nan")
         self.losses.clear()
         if not math.isfinite(loss):
             raise TrainingError(

@@ -108,7 +108,8 @@ def make_training_func(
                     optimizer.step()
                     step += 1
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+                    if not bar.disable and step % 20 == 0:  # reading the loss waits for the device: not every step
+                        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
                     if max_steps is not None and step >= max_steps and index + 1 < per_epoch:
                         return  # stopped inside an epoch: no epoch-end work
                 for scheduler in schedulers:
