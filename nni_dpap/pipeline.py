@@ -20,7 +20,9 @@ model's state dict.
 
 from __future__ import annotations
 
+import copy
 import logging
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -28,11 +30,14 @@ from nni.compression.quantization import QATQuantizer
 from nni.compression.utils.evaluator import Evaluator
 from torch import Tensor, nn
 
+from .artifacts import write_new
 from .errors import CheckpointError, ConfigError
 from .pruner import DPAPPruner
-from .quantize import qat_config_list
+from .quantize import qat_config_list, shrink_and_quantize, state_dict_bytes
+from .speedup import speedup
+from .training import evaluate_accuracy
 
-__all__ = ["fused_pruner", "quantizer_state_dict", "load_quantizer_state_dict", "QUANTIZE_CHOICES"]
+__all__ = ["fused_pruner", "quantizer_state_dict", "load_quantizer_state_dict", "export_int8", "QUANTIZE_CHOICES"]
 
 _logger = logging.getLogger(__name__)
 _STATE = ("scale", "zero_point", "tracked_min", "tracked_max")
@@ -69,7 +74,7 @@ def fused_pruner(model: nn.Module, config_list: list[dict[str, Any]], evaluator:
     epochs, steps = dpap_kwargs.get("epochs"), dpap_kwargs.get("steps_per_epoch")
     if not isinstance(epochs, int) or not isinstance(steps, int):
         raise ConfigError("fused_pruner needs epochs= and steps_per_epoch= (integers), as DPAPPruner does")
-    quantizer = QATQuantizer(model, qat_config_list(), evaluator, quant_start_step=int(quant_start * epochs * steps))
+    quantizer = QATQuantizer(model, qat_config_list(model), evaluator, quant_start_step=int(quant_start * epochs * steps))
     pruner = DPAPPruner.from_compressor(quantizer, config_list, **dpap_kwargs)
     return pruner, quantizer
 
@@ -117,3 +122,16 @@ def load_quantizer_state_dict(quantizer: QATQuantizer, state: Mapping[str, Any])
                 space.apply_method = "qat_clamp_round"
     _logger.info("quantizer resumed at step %d (fake quantization from step %d)", quantizer.current_step,
                  quantizer.quant_start_step)
+
+
+def export_int8(model: nn.Module, masks: Mapping[str, Mapping[str, Tensor]], quantizer: QATQuantizer,
+                dummy_input: Any, test_loader: Any, path: str | Path) -> dict[str, Any]:
+    """Shrink and int8-store a copy of a trained, unwrapped model; save it (``torch.save`` of the module) to ``path``.
+
+    Returns the int8 model's test accuracy, its bytes on disk (state dict) and those of the shrunk float model.
+    """
+    shrunk = speedup(copy.deepcopy(model), dummy_input, masks)
+    int8 = shrink_and_quantize(copy.deepcopy(model), dummy_input, masks, quantizer.get_calibration_config())
+    write_new(path, lambda tmp: torch.save(int8, tmp), "model")
+    return {"accuracy": evaluate_accuracy(int8, test_loader), "bytes": state_dict_bytes(int8),
+            "float_shrunk_bytes": state_dict_bytes(shrunk), "path": str(path)}
