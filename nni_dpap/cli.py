@@ -129,7 +129,8 @@ def _prune(args: argparse.Namespace) -> None:
     if "int8" in metrics:
         int8 = metrics["int8"]
         print(f"\nint8 (shrunk, NNI QAT): test accuracy {int8['accuracy']:.2%}, {int8['bytes']:,} bytes "
-              f"({int8['float_shrunk_bytes'] / int8['bytes']:.1f}x smaller than the shrunk float model): {int8['path']}")
+              f"({int8['float_shrunk_bytes'] / int8['bytes']:.1f}x smaller than the shrunk float model): "
+              f"{int8['path']}")
     print(f"\nrun folder: {logdir} (tensorboard --logdir {logdir})")
 
 

@@ -74,7 +74,8 @@ def fused_pruner(model: nn.Module, config_list: list[dict[str, Any]], evaluator:
     epochs, steps = dpap_kwargs.get("epochs"), dpap_kwargs.get("steps_per_epoch")
     if not isinstance(epochs, int) or not isinstance(steps, int):
         raise ConfigError("fused_pruner needs epochs= and steps_per_epoch= (integers), as DPAPPruner does")
-    quantizer = QATQuantizer(model, qat_config_list(model), evaluator, quant_start_step=int(quant_start * epochs * steps))
+    start_step = int(quant_start * epochs * steps)
+    quantizer = QATQuantizer(model, qat_config_list(model), evaluator, quant_start_step=start_step)
     pruner = DPAPPruner.from_compressor(quantizer, config_list, **dpap_kwargs)
     return pruner, quantizer
 

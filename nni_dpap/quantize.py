@@ -131,13 +131,16 @@ class QuantizedLayer(nn.Module):
     row per target: scale, zero point, qmin, qmax; NaN for a float input or output) and the float bias.
     """
 
+    qparams: Tensor
+    weight_int8: Tensor
+
     def __init__(self, layer: nn.Module, qparams: Mapping[str, list[float]]) -> None:
         super().__init__()
         if not isinstance(layer, QUANTIZED_TYPES):
             raise ConfigError(f"QuantizedLayer takes a Conv1d/2d/3d or Linear, got {type(layer).__name__}")
         rows = [qparams.get(t, [float("nan")] * 4) for t in _TARGETS]
-        self.register_buffer("qparams", torch.tensor(rows, dtype=torch.float32))
         weight = layer.weight.detach().float()
+        self.register_buffer("qparams", torch.tensor(rows, dtype=torch.float32, device=weight.device))
         del layer.weight
         self.layer = layer
         scale, zero_point, qmin, qmax = self.qparams[0]

@@ -20,6 +20,7 @@ from nni_dpap.cli import main
 from nni_dpap.errors import CheckpointError, ConfigError
 from nni_dpap.pipeline import fused_pruner, load_quantizer_state_dict, quantizer_state_dict
 from nni_dpap.quantize import QuantizedLayer, qat_config_list, shrink_and_quantize
+from nni_dpap.run import resolve_settings
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func
 
 FAST = {"relative_schedule": True, "conv_eta": 0.5, "linear_eta": 0.5, "conv_start_epoch": 0.0,
@@ -187,3 +188,12 @@ def test_cli_quantized_run_resumes_to_the_same_int8_model(tmp_path, capsys):
         for target, mask in targets.items():
             assert_close(masks[1][module][target], mask)
     assert any(isinstance(m, QuantizedLayer) for m in models[0].modules())
+
+
+def test_quantize_setting_is_checked(tmp_path, capsys):
+    assert resolve_settings({"quantize": "int8", "logdir": str(tmp_path)})["quantize"] == "int8"
+    with pytest.raises(ConfigError, match=r"quantize must be one of \['int8'\], got 'int4'"):
+        resolve_settings({"quantize": "int4"})
+    with pytest.raises(SystemExit):
+        main(["prune", "--quantize", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
