@@ -149,7 +149,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict[str, Any]]:
 
 def _mean_std(values: list[float], fmt: str) -> str:
     mean = statistics.fmean(values)
-    return fmt.format(mean) if len(values) == 1 else f"{fmt.format(mean)} ± {fmt.format(statistics.stdev(values))}"
+    spread = fmt.replace("+", "").format(statistics.stdev(values)) if len(values) > 1 else ""
+    return f"{fmt.format(mean)} ± {spread}" if spread else fmt.format(mean)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ config_list, ...)`` builds the second on the first one's wrappers and evaluator,
 one's ``compress()`` trains them all in one training run. DPAP fuses both ways:
 
 * NNI's order: ``pruner = DPAPPruner(...)``, ``quantizer = QATQuantizer.from_compressor(pruner,
-  qat_config_list(), quant_start_step=...)``, ``quantizer.compress(epochs * steps_per_epoch, epochs)``;
+  qat_config_list(model), quant_start_step=...)``, ``quantizer.compress(epochs * steps_per_epoch, epochs)``;
 * DPAP last (:func:`fused_pruner`): ``DPAPPruner.from_compressor(quantizer, config_list, epochs=...,
   steps_per_epoch=...)``, then ``pruner.compress()`` (no arguments, as without fusion).
 
@@ -101,6 +101,10 @@ def load_quantizer_state_dict(quantizer: QATQuantizer, state: Mapping[str, Any])
         The state belongs to another quantizer (other layers or targets, another ``quant_start_step``).
     """
     targets = state.get("targets") if isinstance(state, Mapping) else None
+    if not isinstance(state, Mapping) or any(not isinstance(state.get(k), int) for k in ("current_step",
+                                                                                           "quant_start_step")):
+        raise CheckpointError("the quantizer state is incomplete (no current_step / quant_start_step): give what "
+                              "nni_dpap.pipeline.quantizer_state_dict returned")
     ours = {m: sorted(spaces) for m, spaces in quantizer._target_spaces.items()}
     theirs = {m: sorted(t) for m, t in targets.items()} if isinstance(targets, Mapping) else None
     if theirs != ours:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import nni
 import pytest
@@ -26,6 +29,7 @@ from nni_dpap.training import classification_step, evaluate_accuracy, make_train
 FAST = {"relative_schedule": True, "conv_eta": 0.5, "linear_eta": 0.5, "conv_start_epoch": 0.0,
         "linear_start_epoch": 0.0, "conv_eps": 1.3, "linear_eps": 1.6, "conv_beta": 1.0, "linear_beta": 1.0}
 CONFIG = [{"op_types": ["Conv2d", "Linear"]}]
+ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 
 
@@ -156,6 +160,8 @@ def test_quantizer_state_of_another_quantizer_is_refused(digits):
     snn_quantizer = QATQuantizer(snn, qat_config_list(snn), _evaluator(snn, train_loader), quant_start_step=5)
     with pytest.raises(CheckpointError, match="does not match this quantizer"):
         load_quantizer_state_dict(ann_quantizer, quantizer_state_dict(snn_quantizer))
+    with pytest.raises(CheckpointError, match="quantizer state is incomplete"):
+        load_quantizer_state_dict(ann_quantizer, {"targets": quantizer_state_dict(ann_quantizer)["targets"]})
     other = QATQuantizer(copy.deepcopy(_model("ann")), qat_config_list(ann), _evaluator(ann, train_loader),
                          quant_start_step=7)
     with pytest.raises(CheckpointError, match="quant_start_step 7, this quantizer 5"):
@@ -197,3 +203,18 @@ def test_quantize_setting_is_checked(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["prune", "--quantize", "int4"])
     assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_pipeline_example_runs_and_reports(tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "pipeline_digits.py"), "--epochs", "3", "--seeds", "0", "--distill",
+         "--no-progress", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "bytes on disk" in proc.stdout and "paired by seed" in proc.stdout
+    runs = json.loads(out.read_text())["runs"][0]
+    assert list(runs) == ["dense float", "DPAP float", "DPAP + QAT int8", "DPAP + KD float", "DPAP + KD + QAT int8"]
+    for name in ("DPAP + QAT int8", "DPAP + KD + QAT int8"):
+        assert runs[name]["pruned_are_zero"] and runs[name]["bytes"] * 3 < runs["DPAP float"]["bytes"]
+        assert runs[name]["accuracy"] == pytest.approx(runs[name]["masked_accuracy"], abs=0.01)  # shrunk == masked
+    assert all(r["latency_ms"] > 0 for r in runs.values())
