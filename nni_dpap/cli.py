@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=s,
                    help="stop after this many epochs of this invocation (resume later with --resume)")
     p.add_argument("--speedup", action="store_true", default=s, help="also save the physically shrunk model")
+    p.add_argument("--quantize", choices=["int8"], default=s,
+                   help="fuse NNI's QATQuantizer with DPAP and also save the shrunk int8 model (model_int8.pth)")
     p.add_argument("--num-workers", type=int, default=s, help="data loader workers (default 0)")
     p.add_argument("--no-progress", action="store_true", default=s, help="hide the progress bar")
 
@@ -124,6 +126,11 @@ def _prune(args: argparse.Namespace) -> None:
           f"kept {metrics['params_kept']:.1%}, FLOPs kept {metrics['flops_kept']:.1%}, energy "
           f"{metrics['energy_ratio']:.1%} of dense\n")
     print(run.table)
+    if "int8" in metrics:
+        int8 = metrics["int8"]
+        print(f"\nint8 (shrunk, NNI QAT): test accuracy {int8['accuracy']:.2%}, {int8['bytes']:,} bytes "
+              f"({int8['float_shrunk_bytes'] / int8['bytes']:.1f}x smaller than the shrunk float model): "
+              f"{int8['path']}")
     print(f"\nrun folder: {logdir} (tensorboard --logdir {logdir})")
 
 

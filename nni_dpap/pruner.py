@@ -65,6 +65,25 @@ def _check_shrinking(model: nn.Module, shrink_every: Any, dummy_input: Any) -> i
     return int(shrink_every)
 
 
+def _before_training(pruner: DPAPPruner) -> None:
+    """Data-parallel thresholds; refuse ``shrink_every`` when other compressors share the model (NNI fusion)."""
+    if world_size() > 1:  # data-parallel: the thresholds follow the mean over the ranks
+        for layer in pruner._layers.values():
+            layer.stats.batch_mean = mean_over_ranks
+    if pruner.shrink_every is None:
+        return
+    own = set(map(id, pruner._module_wrappers.values()))
+    foreign = sorted({name for name, module in pruner.bound_model.named_modules() if hasattr(module, "_nni_wrapper")
+                      and id(module._nni_wrapper) not in own} | {name for name, w in pruner._module_wrappers.items()
+                                                                 if w.quantization_target_spaces
+                                                                 or w.distillation_target_spaces})
+    if foreign:
+        raise ConfigError(f"shrink_every cannot be used when DPAP is fused with another NNI compressor (a quantizer "
+                          f"or distiller wraps {foreign}): shrinking replaces the layers and would drop their "
+                          "wrappers. Use shrink_every=None and remove the pruned units after training with "
+                          "nni_dpap.speedup (or nni_dpap.quantize.shrink_and_quantize)")
+
+
 class DPAPPruner(Pruner):
     r"""Developmental Plasticity-inspired Adaptive Pruning (DPAP).
 
@@ -194,9 +213,7 @@ class DPAPPruner(Pruner):
         evaluator.patch_optimizer_step(before_step_tasks=[], after_step_tasks=[after_optimizer_step])
 
     def _fuse_preprocess(self, evaluator: Evaluator) -> None:
-        if world_size() > 1:  # data-parallel: the thresholds follow the mean over the ranks
-            for layer in self._layers.values():
-                layer.stats.batch_mean = mean_over_ranks
+        _before_training(self)
         self._register_hooks(evaluator)
         self._register_trigger(evaluator)
 
@@ -216,8 +233,9 @@ class DPAPPruner(Pruner):
         self._fusion_compress(remaining * self.steps_per_epoch, remaining)
 
     def compress(self, max_steps: int | None = None, max_epochs: int | None = None) -> tuple[nn.Module, _METRICS]:
-        """Train while pruning (see the class docstring); NNI itself requires the two arguments."""
-        return super().compress(max_steps, max_epochs)
+        """Train while pruning, with every compressor fused into this one (``DPAPPruner.from_compressor``)."""
+        self._single_compress(max_steps, max_epochs)  # NNI's _fusion_compress: all fused compressors train
+        return self.bound_model, self.get_masks()
 
     # -- the three NNI stages ------------------------------------------------------------
     def _collect_data(self) -> _METRICS:

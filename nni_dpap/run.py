@@ -34,9 +34,9 @@ from .data import DATASETS, load_data, make_loaders
 from .data.split import take_samples
 from .errors import CheckpointError, ConfigError, TrainingError
 from .models import MODELS, get_model, model_spec
+from .pipeline import QUANTIZE_CHOICES, export_int8, fused_pruner, load_quantizer_state_dict, quantizer_state_dict
 from .policy import DPAPConfig, get_preset
 from .policy.defaults import default_hparams
-from .pruner import DPAPPruner
 from .report import FiringRates, format_table, structure
 from .training import classification_step, evaluate_accuracy, make_training_func, seed_everything
 
@@ -50,10 +50,11 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": "adam", "weight_decay": 0.0, "scheduler": "none", "device": "cpu", "seed": 0, "logdir": None,
     "checkpoint": None, "resume": False, "stop_after": None, "speedup": False, "no_progress": False,
     "num_workers": 0,
+    "quantize": None,  # "int8": DPAP fused with NNI's QATQuantizer, int8 model written (nni_dpap.pipeline)
 }
 # what must be equal for a checkpoint to be resumed
 IDENTITY_KEYS = ("model", "data", "epochs", "preset", "hparams", "paper_settings", "T", "batch_size", "lr",
-                 "optimizer", "weight_decay", "scheduler", "seed")
+                 "optimizer", "weight_decay", "scheduler", "seed", "quantize")
 _RUN_FILES = ("config.json", "model.pt", "metrics.json")
 
 
@@ -109,6 +110,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "seed": lambda n, v: check_int(n, v, minimum=0), "logdir": _optional(_check_path),
     "checkpoint": _optional(_check_path), "resume": check_bool, "stop_after": _optional(check_int),
     "speedup": check_bool, "no_progress": check_bool, "num_workers": lambda n, v: check_int(n, v, minimum=0),
+    "quantize": _optional(lambda n, v: check_choice(n, v, list(QUANTIZE_CHOICES))),
 }
 
 
@@ -257,11 +259,13 @@ class Run:
                                    on_train_start=self._start_of_training)
         evaluator = TorchEvaluator(train, optimizer, self._training_step, scheduler,
                                    dummy_input=take_samples(self.example, 2, data.time_steps))
-        self.pruner = DPAPPruner(model, config_list, evaluator, epochs=s["epochs"],
-                                 steps_per_epoch=len(self.train_loader), preset=s["preset"], hparams=hparams,
-                                 writer=self.writer)
+        self.pruner, self.quantizer = fused_pruner(model, config_list, evaluator, quantize=s["quantize"],
+                                                   epochs=s["epochs"], steps_per_epoch=len(self.train_loader),
+                                                   preset=s["preset"], hparams=hparams, writer=self.writer)
         if resumed:
             try:
+                if self.quantizer is not None:  # NNI's scales must exist before the model's state is loaded
+                    load_quantizer_state_dict(self.quantizer, resumed["quantizer"])
                 model.load_state_dict(resumed["model"])
                 self.pruner.load_state_dict(resumed["pruner"])
             except (RuntimeError, ConfigError) as exc:
@@ -319,6 +323,7 @@ class Run:
             "schedulers": [s.state_dict() for s in self.schedulers],
             "generator": self.train_loader.generator.get_state(), "rng": torch.get_rng_state(),
             "history": self.history,
+            **({"quantizer": quantizer_state_dict(self.quantizer)} if self.quantizer is not None else {}),
         })
         _logger.info("epoch %d: loss %.4f, test accuracy %.2f%%", epoch, loss, 100 * accuracy)
         if self.on_epoch is not None:
@@ -340,6 +345,9 @@ class Run:
         self.writer.add_text("structure", self.table)
         self.writer.close()
         save_artifact(self.logdir / "model.pt", model, masks, list(self.pruner.layers), s, data)
+        if self.quantizer is not None:
+            metrics["int8"] = export_int8(model, masks, self.quantizer, take_samples(self.example, 2, data.time_steps),
+                                          self.test_loader, self.logdir / "model_int8.pth")
         (self.logdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if s["speedup"]:
             from .speedup import speedup
