@@ -44,3 +44,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_speedup.py
 	$(BIN)/python benchmarks/bench_training_time.py
 	$(BIN)/python benchmarks/bench_overhead.py
+	$(BIN)/python benchmarks/bench_docs_client.py
+	$(BIN)/python benchmarks/bench_frontier.py

@@ -120,7 +120,6 @@ def dpap_train(work: dict[str, Any], device: torch.device, seed: int = 0, shrink
     import nni
     from nni.compression import TorchEvaluator
 
-    from _digits_common import DIGITS_HPARAMS
     from nni_dpap import DPAPPruner
     from nni_dpap.training import classification_step, seed_everything
 
@@ -130,10 +129,8 @@ def dpap_train(work: dict[str, Any], device: torch.device, seed: int = 0, shrink
     train = timed_training(train_loader, device, step_times)
     evaluator = TorchEvaluator(train, nni.trace(torch.optim.Adam)(model.parameters(), lr=work["lr"]),
                                classification_step, dummy_input=torch.rand(2, *work["input"], device=device))
-    beta = round(10.0 * min(1.0, max(work["epochs"], 15) / 60), 3)
-    params = {**DIGITS_HPARAMS, "conv_beta": beta, "linear_beta": beta, **(hparams or {})}
     pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=work["epochs"],
-                        steps_per_epoch=len(train_loader), hparams=params, shrink_every=shrink_every)
+                        steps_per_epoch=len(train_loader), hparams=hparams, shrink_every=shrink_every)
     sync(device)
     start = time.perf_counter()
     model, masks = pruner.compress()

@@ -52,7 +52,6 @@ from torch import nn
 from nni_dpap import DPAPPruner
 from nni_dpap.data import load_data
 from nni_dpap.models import LeNetANN, SpikingConvNet
-from nni_dpap.policy.defaults import default_hparams
 from nni_dpap.report import format_table, layer_costs, totals
 from nni_dpap.training import classification_step, evaluate_accuracy
 
@@ -69,18 +68,24 @@ class Net:
     batch: int = 64
     quick_epochs: int = 3
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    match: tuple[str, ...] | None = None  # points where the baselines are matched (None: every point >= 70%)
 
+
+_ALL_GROUPS = ["conv_channels", "conv_kernels", "linear_neurons", "linear_synapses"]
+#: DPAP's operating points, as hparams over the library defaults (``nni_dpap.policy.defaults``)
+POINTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "syn_p95": {"linear_synapse_percentiles": [None, 95.0]},
+    "p95_alive": {"linear_synapse_percentiles": [None, 95.0], "alive_normalization": _ALL_GROUPS},
+    "p95_synapses_only": {"linear_synapse_percentiles": [None, 95.0], "alive_normalization": _ALL_GROUPS,
+                          "prune_linear_neurons": False, "conv_eps": 1.2},
+}
 
 NETS: dict[str, Net] = {
-    "mnist5k_snn": Net(lambda: SpikingConvNet(1, 28, 10, T=4), "mnist5k", 15, 1e-3, {
-        "default": {}, "eps_low": {"linear_eps": 1.6}, "p95": {"percentiles": [None, 95.0]},
-        "p95_eps_high": {"percentiles": [None, 95.0], "linear_eps": 2.4}}),
-    "digits_snn": Net(lambda: SpikingConvNet(1, 8, 10, T=4), "digits", 40, 3e-3, {
-        "default": {}, "eps_low": {"linear_eps": 1.6}, "p95": {"percentiles": [None, 95.0]},
-        "p95_eps_high": {"percentiles": [None, 95.0], "linear_eps": 2.4}}),
-    "digits_ann": Net(lambda: LeNetANN(1, 8, 10), "digits", 40, 1e-3, {
-        "default": {}, "eps_low": {"linear_eps": 1.6}, "p95": {"percentiles": [None, 95.0]},
-        "p95_eps_high": {"percentiles": [None, 95.0], "linear_eps": 2.4}}),
+    "mnist5k_snn": Net(lambda: SpikingConvNet(1, 28, 10, T=4), "mnist5k", 15, 3e-3, POINTS,
+                       match=("default", "p95_alive")),
+    "digits_snn": Net(lambda: SpikingConvNet(1, 8, 10, T=4), "digits", 60, 3e-3, POINTS),
+    "digits_ann": Net(lambda: LeNetANN(1, 8, 10), "digits", 40, 1e-3, POINTS),
 }
 
 
@@ -198,11 +203,10 @@ class Seed:
         model, accuracies = self._model(), []
         evaluator = TorchEvaluator(training_function(self.batches, 0, self._recorder(accuracies)),
                                    _adam(model, self.net.lr), classification_step)
-        params = {**default_hparams(self.epochs), **hparams}
         config = [{"op_types": ["Conv2d", "Linear"], **({"exclude_op_names": list(self.net.exclude)}
                                                           if self.net.exclude else {})}]
         pruner = DPAPPruner(model, config, evaluator, epochs=self.epochs, steps_per_epoch=self.batches.steps,
-                            hparams=params)
+                            hparams=hparams)  # over the library's defaults for these epochs
         model, _ = pruner.compress()
         pruner.unwrap_model()
         return model, accuracies
@@ -271,36 +275,54 @@ def _record(name: str, method: str, point: str, seed: int, model: nn.Module, acc
     return {"net": name, "method": method, "point": point, "seed": seed, "params_removed": removed,
             "accuracy": 100 * statistics.fmean(accuracies[-5:]), "accuracy_final": 100 * accuracies[-1],
             "accuracy_last5": 100 * statistics.fmean(accuracies[-5:]), "epochs": len(accuracies),
-            "epochs_to_dense": reached, "layers": per_layer, "seconds": seconds}
+            "epochs_to_dense": reached, "layers": per_layer, "seconds": seconds,
+            "accuracy_curve": accuracies}
 
 
-def run_seed(name: str, net: Net, seed: int, device: torch.device, quick: bool, done: set[tuple],
+def run_seed(name: str, net: Net, seed: int, device: torch.device, quick: bool, records: list[dict[str, Any]],
              write: Callable[[dict[str, Any]], None]) -> None:
+    """Every run of ``net`` for ``seed`` that ``records`` lacks (the dense run is redone when a baseline needs it)."""
     run = Seed(name, net, seed, device, quick)
-    start = time.perf_counter()
-    dense_model, dense_acc, snapshot = run.dense()
-    dense_best = max(dense_acc)
-    if (name, "dense", "-", seed) not in done:
-        write(_record(name, "dense", "-", seed, dense_model, dense_acc, run, dense_best, time.perf_counter() - start))
+    have = {(r["method"], r["point"]): r for r in records if r["net"] == name and r["seed"] == seed}
+    dense: tuple[nn.Module, list[float], dict[str, Any]] | None = None
+
+    def dense_run() -> tuple[nn.Module, list[float], dict[str, Any]]:
+        nonlocal dense
+        if dense is None:
+            start = time.perf_counter()
+            dense = run.dense()
+            if ("dense", "-") not in have:
+                have[("dense", "-")] = _record(name, "dense", "-", seed, dense[0], dense[1], run, max(dense[1]),
+                                               time.perf_counter() - start)
+                write(have[("dense", "-")])
+        return dense
+
+    if ("dense", "-") not in have:
+        dense_run()
+    dense_best = max(have[("dense", "-")]["accuracy_curve"])
     for point, hparams in net.points.items():
-        key = (name, f"dpap_{point}", point, seed)
-        start = time.perf_counter()
-        model, accuracies = run.dpap(hparams)
-        record = _record(name, f"dpap_{point}", point, seed, model, accuracies, run, dense_best,
-                         time.perf_counter() - start)
-        if key not in done:
+        record = have.get((f"dpap_{point}", point))
+        if record is None:
+            start = time.perf_counter()
+            model, accuracies = run.dpap(hparams)
+            record = _record(name, f"dpap_{point}", point, seed, model, accuracies, run, dense_best,
+                             time.perf_counter() - start)
             write(record)
-        if record["params_removed"] < MATCH_FROM and not quick:
+        if not quick and (record["params_removed"] < MATCH_FROM or (net.match is not None and point not in net.match)):
             continue
         target = record["layers"]
-        half = dense_acc[:run.epochs // 2]  # L1 and Taylor continue the dense run: its first half is theirs
-        for method, make in (("l1_finetune", lambda: run.l1_finetune(snapshot, target)),
-                             ("taylor", lambda: run.taylor(snapshot, target)),
-                             ("movement", lambda: run.movement(target))):
-            if (name, method, point, seed) in done:
+        for method in ("l1_finetune", "taylor", "movement"):
+            if (method, point) in have:
                 continue
+            _, dense_acc, snapshot = dense_run()
+            half = dense_acc[:run.epochs // 2]  # L1 and Taylor continue the dense run: its first half is theirs
             start = time.perf_counter()
-            model, accuracies = make()
+            if method == "l1_finetune":
+                model, accuracies = run.l1_finetune(snapshot, target)
+            elif method == "taylor":
+                model, accuracies = run.taylor(snapshot, target)
+            else:
+                model, accuracies = run.movement(target)
             if method != "movement":
                 accuracies = half + accuracies
             write(_record(name, method, point, seed, model, accuracies, run, dense_best, time.perf_counter() - start))
@@ -387,7 +409,6 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     log = results / ("frontier_quick.jsonl" if args.quick else "frontier.jsonl")
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-    done = {(r["net"], r["method"], r["point"], r["seed"]) for r in records}
 
     def write(record: dict[str, Any]) -> None:
         records.append(record)
@@ -399,14 +420,7 @@ def main() -> None:
 
     for name in args.nets:
         for seed in args.seeds:
-            expected = {(name, "dense", "-", seed)} | {(name, f"dpap_{p}", p, seed) for p in NETS[name].points}
-            if expected <= done and not args.quick:
-                matched = [r for r in records if r["net"] == name and r["seed"] == seed and
-                           r["method"].startswith("dpap") and r["params_removed"] >= MATCH_FROM]
-                if all((name, m, r["point"], seed) in done for r in matched
-                       for m in ("l1_finetune", "taylor", "movement")):
-                    continue
-            run_seed(name, NETS[name], seed, device, args.quick, done, write)
+            run_seed(name, NETS[name], seed, device, args.quick, records, write)
     wanted = [r for r in records if r["net"] in args.nets]
     tables, summary = summarize(wanted)
     name = "frontier_quick" if args.quick else "frontier"

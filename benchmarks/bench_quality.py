@@ -30,7 +30,6 @@ from _common import mean_std, parser, save, setup
 from nni.compression import TorchEvaluator
 from nni.compression.pruning import L1NormPruner, MovementPruner, TaylorPruner
 
-from _digits_common import DIGITS_HPARAMS
 from nni_dpap import DPAPPruner
 from nni_dpap.data import digits_loaders
 from nni_dpap.models import LeNetANN, SpikingConvNet
@@ -84,7 +83,7 @@ def run_method(method: str, net: dict[str, Any], seed: int, device: torch.device
         preset = "paper" if method.endswith("paper") else "braincog"
         evaluator = TorchEvaluator(train, _adam(model, lr), classification_step)
         pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=epochs,
-                            steps_per_epoch=steps, preset=preset, hparams=DIGITS_HPARAMS)
+                            steps_per_epoch=steps, preset=preset)
         model, masks = pruner.compress()
         pruner.unwrap_model()
         reached = {n: 1.0 - float(masks[n]["weight"].mean()) for n in PRUNED}

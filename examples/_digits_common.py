@@ -27,16 +27,6 @@ from nni_dpap.report import format_table, layer_costs, totals
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func, seed_everything
 
 
-# Short runs need the schedule relative to the run length (see the README): the
-# released eta values assume 100-300 epochs.
-DIGITS_HPARAMS = {
-    "relative_schedule": True,
-    "conv_eta": 0.2, "linear_eta": 0.2,
-    "conv_start_epoch": 0.0, "linear_start_epoch": 0.0,
-    "conv_eps": 0.6, "linear_eps": 2.0,
-}
-
-
 def parse_args(description: str, defaults: dict[str, Any]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--epochs", type=int, default=defaults["epochs"], help="training epochs (dense and DPAP)")
@@ -45,8 +35,8 @@ def parse_args(description: str, defaults: dict[str, Any]) -> argparse.Namespace
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="seeds of the initial weights and the shuffling (the split is fixed)")
     parser.add_argument("--preset", default="braincog", choices=["braincog", "paper"], help="DPAP rule preset")
-    parser.add_argument("--hparams", type=json.loads, default=DIGITS_HPARAMS,
-                        help="JSON object of DPAP overrides, e.g. '{\"conv_eps\": 0.8}'")
+    parser.add_argument("--hparams", type=json.loads, default=None,
+                        help="JSON object of overrides of the library's defaults, e.g. '{\"conv_eps\": 0.8}'")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--log-level", default="WARNING", help="logging level (INFO shows DPAP's epochs)")
@@ -66,6 +56,9 @@ def _run_seed(args: argparse.Namespace, build: Callable[[], nn.Module], seed: in
     train(dense, torch.optim.Adam(dense.parameters(), lr=args.lr), classification_step, None, None, args.epochs)
     dense_time = time.perf_counter() - start
 
+    # a fresh loader with the same seed: DPAP sees the same batches in the same order as the dense run
+    train_loader, _ = digits_loaders(args.batch_size, seed=seed)
+    train = make_training_func(train_loader, progress=not args.no_progress)
     seed_everything(seed)
     model = build()
     evaluator = TorchEvaluator(train, nni.trace(torch.optim.Adam)(model.parameters(), lr=args.lr), classification_step)
@@ -76,7 +69,8 @@ def _run_seed(args: argparse.Namespace, build: Callable[[], nn.Module], seed: in
     pruner.unwrap_model()
     dpap_time = time.perf_counter() - start
 
-    prunable = list(pruner.layers)
+    # every conv/linear layer but the output: the first conv counts although DPAP leaves it alone by default
+    prunable = [n for n in layer_costs(dense, example) if n not in pruner.output_layers]
     dense_costs, dpap_costs = layer_costs(dense, example), layer_costs(model, example)
     return {
         "seed": seed,
@@ -88,7 +82,7 @@ def _run_seed(args: argparse.Namespace, build: Callable[[], nn.Module], seed: in
         "prunable_params_kept": totals(dpap_costs, prunable)["params_kept"],
         "prunable_params_fraction": totals(dpap_costs, prunable)["params_fraction"],
         "flops_fraction": totals(dpap_costs)["macs_kept"] / totals(dense_costs)["macs_total"],
-        "layers": {n: {"pruned": n in prunable, "units_kept": c.units_kept, "units_total": c.units_total,
+        "layers": {n: {"pruned": n in pruner.layers, "output": n in pruner.output_layers, "units_kept": c.units_kept, "units_total": c.units_total,
                        "params_kept": c.params_kept, "params_total": c.params_total}
                    for n, c in dpap_costs.items()},
     }
@@ -138,7 +132,8 @@ def run(args: argparse.Namespace, build: Callable[[], nn.Module], title: str) ->
     for name, first in runs[0]["layers"].items():
         units = [r["layers"][name]["units_kept"] for r in runs]
         fractions = [r["layers"][name]["params_kept"] / r["layers"][name]["params_total"] for r in runs]
-        layer_rows.append([name, "yes" if first["pruned"] else "no (output)",
+        role = "yes" if first["pruned"] else "no (output)" if first["output"] else "no (first conv)"
+        layer_rows.append([name, role,
                            f"{statistics.fmean(units):.1f}/{first['units_total']}", _mean_spread(fractions)])
     print()
     print(format_table(layer_rows, ["layer", "pruned", "channels/neurons kept", "params kept"]))

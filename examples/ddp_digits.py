@@ -28,8 +28,6 @@ from nni_dpap.distributed import ddp_prefix, strip_prefix
 from nni_dpap.models import LeNetANN, SpikingConvNet
 from nni_dpap.training import classification_step, evaluate_accuracy, seed_everything
 
-HPARAMS = {"relative_schedule": True, "conv_eta": 0.2, "linear_eta": 0.2, "conv_start_epoch": 0.0,
-           "linear_start_epoch": 0.0, "conv_eps": 0.6, "linear_eps": 2.0}
 
 
 def build(kind: str, T: int) -> torch.nn.Module:
@@ -44,7 +42,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="per process")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--beta", type=float, default=None, help="initial survival value (default: by run length)")
+    parser.add_argument("--beta", type=float, default=None, help="initial survival value (default: the library's)")
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, one GPU per process)")
     parser.add_argument("--out", default=None, help="save masks, pruner state and weights here (rank 0), "
                                                     "and each rank's masks to OUT.rank<r>")
@@ -80,9 +78,9 @@ def main() -> None:
 
     evaluator = TorchEvaluator(training, nni.trace(torch.optim.Adam)(model.parameters(), lr=args.lr),
                                classification_step)
-    beta = args.beta if args.beta is not None else round(10.0 * min(1.0, max(args.epochs, 15) / 60), 3)
+    overrides = {} if args.beta is None else {"conv_beta": args.beta, "linear_beta": args.beta}
     pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=args.epochs,
-                        steps_per_epoch=len(loader), hparams={**HPARAMS, "conv_beta": beta, "linear_beta": beta})
+                        steps_per_epoch=len(loader), hparams=overrides)  # over the library's defaults
     if saved is not None:
         pruner.load_state_dict(saved["pruner"])
         start_epoch = pruner.current_epoch

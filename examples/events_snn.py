@@ -29,12 +29,8 @@ from nni_dpap.report import activity_costs, format_table, layer_costs, totals
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func, seed_everything
 
 
-def hparams(epochs: int) -> dict:
-    beta = round(10.0 * min(1.0, epochs / 60), 3)  # see the README: short runs start with less survival
-    return {"relative_schedule": True, "conv_eta": 0.2, "linear_eta": 0.2, "time_eta": 0.2,
-            "conv_start_epoch": 0.0, "linear_start_epoch": 0.0, "time_start_epoch": 0.2,
-            "conv_eps": 0.6, "linear_eps": 2.0, "time_eps": 1.6, "time_bonus": 1.0,
-            "conv_beta": beta, "linear_beta": beta, "time_beta": beta}
+# (neuron, time step) pairs: the library's defaults for the FC rule, with a milder eps and bonus
+TIME_HPARAMS = {"time_eps": 1.6, "time_bonus": 1.0}
 
 
 def energy(model: torch.nn.Module, frames: list[torch.Tensor], T: int) -> float:
@@ -82,7 +78,7 @@ def main() -> None:
             evaluator = TorchEvaluator(train, nni.trace(torch.optim.Adam)(model.parameters(), lr=args.lr),
                                        classification_step)
             pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=args.epochs,
-                                steps_per_epoch=len(train_loader), hparams=hparams(args.epochs),
+                                steps_per_epoch=len(train_loader), hparams=TIME_HPARAMS,
                                 temporal=mode.endswith("time"))
             model, _ = pruner.compress()
             pruner.unwrap_model()

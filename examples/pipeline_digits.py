@@ -30,7 +30,6 @@ from typing import Any, Callable
 
 import nni
 import torch
-from _digits_common import DIGITS_HPARAMS
 from nni.compression import TorchEvaluator
 from nni.compression.distillation import DynamicLayerwiseDistiller
 from nni.compression.quantization import QATQuantizer
@@ -89,7 +88,7 @@ def _dpap_run(args: argparse.Namespace, seed: int, quantize: bool, teacher: nn.M
     epochs, steps = args.epochs, len(train_loader)
     # NNI's pattern: the first compressor, then each next one from_compressor(previous), then the last one's compress
     pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=epochs,
-                        steps_per_epoch=steps, hparams=DIGITS_HPARAMS)
+                        steps_per_epoch=steps)
     last: Any = pruner
     if teacher is not None:
         last = DynamicLayerwiseDistiller.from_compressor(

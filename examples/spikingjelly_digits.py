@@ -68,9 +68,6 @@ def main() -> None:
     train_loader, test_loader = digits_loaders(64, seed=args.seed)
     train = make_training_func(train_loader, progress=not args.no_progress)
     x = next(iter(test_loader))[0][:128]
-    beta = round(10.0 * min(1.0, max(args.epochs, 15) / 60), 3)
-    hparams = {"relative_schedule": True, "conv_eta": 0.2, "linear_eta": 0.2, "conv_start_epoch": 0.0,
-               "linear_start_epoch": 0.0, "conv_eps": 0.6, "linear_eps": 2.0, "conv_beta": beta, "linear_beta": beta}
 
     seed_everything(args.seed)
     dense = CSNN(args.T)
@@ -83,7 +80,7 @@ def main() -> None:
     evaluator = TorchEvaluator(train, nni.trace(torch.optim.Adam)(model.parameters(), lr=args.lr),
                                classification_step)
     pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=args.epochs,
-                        steps_per_epoch=len(train_loader), hparams=hparams)
+                        steps_per_epoch=len(train_loader))
     start = time.perf_counter()
     model, masks = pruner.compress()
     pruner.unwrap_model()

@@ -109,8 +109,11 @@ def select_targets(model: nn.Module, config_list: Sequence[dict[str, Any]]) -> l
 
 def resolve_links(model: nn.Module, config_list: Sequence[dict[str, Any]], *, temporal: bool,
                   leaf_modules: Sequence[type[nn.Module] | str] = (), concrete_args: dict[str, Any] | None = None,
-                  neuron_map: Mapping[str, str] | None = None) -> GraphInfo:
+                  neuron_map: Mapping[str, str] | None = None, prune_first_conv: bool = True) -> GraphInfo:
     """The layers ``config_list`` selects, each linked to the neuron DPAP reads, output layers set apart.
+
+    With ``prune_first_conv=False`` the model's first conv layer (in module order) is left out, as
+    the released code does.
 
     A ``DistributedDataParallel`` model is traced through its module; the names keep DDP's prefix.
 
@@ -122,12 +125,23 @@ def resolve_links(model: nn.Module, config_list: Sequence[dict[str, Any]], *, te
     GraphError
         The model cannot be traced or a layer has no neuron after it.
     """
-    targets = select_targets(model, config_list)
+    selected = select_targets(model, config_list)
     prefix = ddp_prefix(model)
     inner: nn.Module = model.module if prefix else model  # type: ignore[assignment]
     neuron_map = {strip_prefix(k, prefix): strip_prefix(v, prefix) for k, v in (neuron_map or {}).items()}
+    first = next((n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    targets = selected if prune_first_conv else [t for t in selected if t != first]
     info = with_prefix(link_layers(inner, [strip_prefix(t, prefix) for t in targets], leaf_modules=leaf_modules,
                                    concrete_args=concrete_args, neuron_map=neuron_map), prefix)
+    if targets != selected:
+        if info.links:
+            _logger.info("%s is the first conv layer: DPAP leaves it unpruned, as the released code does "
+                         "(hparams {'prune_first_conv': True} prunes it)", first)
+        else:  # it is the only hidden layer selected: prune it after all
+            targets = selected
+            info = with_prefix(link_layers(inner, [strip_prefix(t, prefix) for t in targets],
+                                           leaf_modules=leaf_modules, concrete_args=concrete_args,
+                                           neuron_map=neuron_map), prefix)
     for name in info.output_layers:
         _logger.info("%s is an output layer: DPAP never prunes output layers, it is left untouched", name)
     if not info.links:

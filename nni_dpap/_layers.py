@@ -82,8 +82,8 @@ class LayerState:
             stats=LayerStatistics(n_out, n_in, config.trace_tau, config.accumulation, temporal=temporal,
                                   device=device),
             connectivity=connectivity,
-            neurons=config.survival_state((n_out,), link.kind, link.kind, device) if prune_neurons else None,
-            synapses=config.survival_state((n_out, n_in), link.kind, link.kind, device) if prune_synapses else None,
+            neurons=config.survival_state((n_out,), "neurons", link.kind, device) if prune_neurons else None,
+            synapses=config.survival_state((n_out, n_in), "synapses", link.kind, device) if prune_synapses else None,
             units_built=n_out, synapses_built=int(connectivity.sum()),
         )
 
@@ -175,9 +175,19 @@ class LayerState:
 
     # -- the survival update -----------------------------------------------------------
     def importance(self, window: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The importance of a window of (rank-summed) statistics, over the synapses that still exist."""
-        return window_importance(window, self.synapse_mask.float(), self.config.normalize_spine_factors,
-                                 self.removed_units)
+        """The importance of a window of (rank-summed) statistics, over the synapses that still exist.
+
+        With ``synapse_importance='bcm_weight'`` a synapse's importance is also scaled by its ``|w|``
+        (summed over a kernel slice).
+        """
+        importance = window_importance(window, self.synapse_mask.float(), self.config.normalize_spine_factors,
+                                       self.removed_units)
+        if self.synapses is not None and self.config.synapse_importance == "bcm_weight":
+            strength = self.weight.detach().abs()
+            if strength.dim() > 2:
+                strength = strength.flatten(2).sum(-1)
+            importance["synapse"] = importance["synapse"] * strength.to(importance["synapse"].device)
+        return importance
 
     def update(self, importance: Mapping[str, Tensor], epoch: int, keep_at_least: int) -> None:
         """Eqs. (9)-(11) for every kind of unit of the layer, with the importance of ``epoch``."""

@@ -31,6 +31,7 @@ from .distributed import ddp_prefix, mean_over_ranks, strip_prefix, sum_over_ran
 from .errors import ConfigError, TrainingError
 from .graph import LayerLink
 from .policy import DPAPConfig, get_preset
+from .policy.defaults import default_hparams
 from .report import record_epoch, time_sparsity
 from .shrink import remap_optimizer
 from .slicing import KeptIndices
@@ -49,7 +50,9 @@ def _configuration(preset: str | DPAPConfig, hparams: Mapping[str, Any] | None, 
     if hparams is not None and not isinstance(hparams, Mapping):
         raise ConfigError(f"hparams must be a dict of flat DPAP hyper-parameters such as {{'conv_eps': 0.8}}, "
                           f"got {type(hparams).__name__}")
-    return get_preset(preset, **dict(hparams or {})).resolve(epochs)
+    if isinstance(preset, DPAPConfig):  # an explicit configuration is used as given
+        return get_preset(preset, **dict(hparams or {})).resolve(epochs)
+    return get_preset(preset, **{**default_hparams(epochs, preset), **dict(hparams or {})}).resolve(epochs)
 
 
 def _check_shrinking(model: nn.Module, shrink_every: Any, dummy_input: Any) -> int | None:
@@ -115,11 +118,11 @@ class DPAPPruner(Pruner):
         Training epochs (DPAP's schedule is laid out over them) and optimizer steps per epoch, normally
         ``len(train_loader)``: DPAP closes an epoch every ``steps_per_epoch`` steps.
     preset
-        ``'braincog'`` (the released code's rule, default), ``'paper'`` (the equations as printed) or a
-        :class:`~nni_dpap.policy.DPAPConfig`.
+        ``'braincog'`` (the released code's rule, default) or ``'paper'`` (the equations as printed), each
+        with the library's defaults for ``epochs`` (:func:`~nni_dpap.policy.defaults.default_hparams`); a
+        :class:`~nni_dpap.policy.DPAPConfig` is used as given.
     hparams
-        Flat overrides of the preset, e.g. ``{'conv_eps': 0.8, 'linear_eta': 0.15}``
-        (:meth:`DPAPConfig.flat_keys`).
+        Flat overrides of those defaults, e.g. ``{'conv_eps': 0.8}`` (:meth:`DPAPConfig.flat_keys`).
     keep_at_least
         Never prune the last ``keep_at_least`` units (and synapses) of a layer; 0 disables the guard.
     leaf_modules, concrete_args, neuron_map
@@ -165,7 +168,8 @@ class DPAPPruner(Pruner):
         self._leaf_modules, self._concrete_args = tuple(leaf_modules), concrete_args
         self.temporal = bool(temporal)
         info = resolve_links(model, config_list, temporal=self.temporal, leaf_modules=leaf_modules,
-                             concrete_args=concrete_args, neuron_map=neuron_map)
+                             concrete_args=concrete_args, neuron_map=neuron_map,
+                             prune_first_conv=self.dpap_config.prune_first_conv)
         self._prefix = ddp_prefix(model)
         self.output_layers: tuple[str, ...] = info.output_layers
         norms = sorted({bn for link in info.links.values() for bn in link.norms})

@@ -164,7 +164,7 @@ def dpap_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], list[dic
         if spec.exclude:
             entry["exclude_op_names"] = list(spec.exclude)
     else:
-        hparams = default_hparams(settings["epochs"])
+        hparams = default_hparams(settings["epochs"], settings["preset"])
     hparams.update(settings["hparams"] or {})
     get_preset(settings["preset"], **hparams).resolve(settings["epochs"])
     return hparams, [entry]
@@ -261,7 +261,8 @@ class Run:
                                    dummy_input=take_samples(self.example, 2, data.time_steps))
         self.pruner, self.quantizer = fused_pruner(model, config_list, evaluator, quantize=s["quantize"],
                                                    epochs=s["epochs"], steps_per_epoch=len(self.train_loader),
-                                                   preset=s["preset"], hparams=hparams, writer=self.writer)
+                                                   preset=get_preset(s["preset"]), hparams=hparams,
+                                                   writer=self.writer)  # hparams: the whole merge, as given
         if resumed:
             try:
                 if self.quantizer is not None:  # NNI's scales must exist before the model's state is loaded

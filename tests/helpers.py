@@ -19,6 +19,10 @@ from nni_dpap import reset_net
 from nni_dpap.adapters import is_neuron
 
 ATOL = 1e-5
+#: Flat hparams that turn off the library's default levers (first conv skipped, alive-only normalisation,
+#: synapse importance with |w|, end of pruning): the preset's rule as published, for tests of the mechanics.
+PRESET_RULE = {"prune_first_conv": True, "alive_normalization": [], "synapse_importance": "bcm",
+               "conv_stop_epoch": None, "linear_stop_epoch": None}
 NEAR_THRESHOLD = 1e-5
 
 

@@ -20,8 +20,9 @@ from nni_dpap.errors import ConfigError
 from nni_dpap.plasticity import spike_trace
 from nni_dpap.speedup import speedup
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func
+from helpers import PRESET_RULE
 
-HP = {"relative_schedule": True, "conv_eta": 0.3, "linear_eta": 0.3, "conv_start_epoch": 0.0,
+HP = {**PRESET_RULE, "relative_schedule": True, "conv_eta": 0.3, "linear_eta": 0.3, "conv_start_epoch": 0.0,
       "linear_start_epoch": 0.0, "conv_eps": 0.8, "linear_eps": 1.5, "conv_beta": 2.5, "linear_beta": 2.5}
 
 
@@ -78,7 +79,8 @@ def _traces_match_emitted_spikes(model, neuron_name, layer_name, digits, to_step
     batch = [next(iter(digits[0]))]
     evaluator = TorchEvaluator(make_training_func(batch, progress=False),
                                nni.trace(torch.optim.SGD)(model.parameters(), lr=0.0), classification_step)
-    pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=1, steps_per_epoch=10)
+    pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=1, steps_per_epoch=10,
+                        hparams=PRESET_RULE)
     pruner.compress()
     stats = pruner.layer_states[layer_name].stats
     spikes = to_steps(emitted)  # [T, B, C, ...]

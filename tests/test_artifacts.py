@@ -21,7 +21,7 @@ def model_file(tmp_path_factory):
 
 def test_load_report_and_speedup(model_file, tmp_path):
     model, artifact = load_artifact(model_file)
-    assert not model.training and artifact["prunable"] == ["conv1", "conv2", "fc1"]
+    assert not model.training and artifact["prunable"] == ["conv2", "fc1"]
     structure, _ = report_artifact(model_file)
     assert 0 < structure["params_kept"] < 1 and structure["layers"]["fc1"]["spiking_input"]
     result = speedup_artifact(model_file, tmp_path / "small.pth")

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from nni_dpap.cli import main
 
 BASE = ["prune", "--model", "snn_mnist", "--data", "digits", "--T", "2", "--epochs", "4", "--no-progress",
-        "--hparams", '{"conv_beta": 2.0, "linear_beta": 2.0}']
+        "--hparams", '{"conv_beta": 1.5, "linear_beta": 1.5}']
 
 
 def _run(args: list[str]) -> int:

@@ -63,3 +63,13 @@ def test_layer_without_a_neuron():
 
     with pytest.raises(GraphError, match="layer 'fc1' has no spiking neuron or activation after it"):
         resolve_links(NoNeuron(), [{"op_types": ["Linear"]}], temporal=False)
+
+
+def test_first_conv_left_out_on_request(tiny_ann):
+    assert set(resolve_links(tiny_ann, CONFIG, temporal=False, prune_first_conv=False).links) == {"fc1"}
+    # the first conv is the model's, not the config list's: excluding it by hand leaves the rest alone
+    assert set(resolve_links(tiny_ann, [{"op_names": ["fc1"]}], temporal=False, prune_first_conv=False).links) == {
+        "fc1"}
+    # when it is the only hidden layer selected, it is pruned after all
+    assert set(resolve_links(tiny_ann, [{"op_names": ["conv", "fc2"]}], temporal=False,
+                             prune_first_conv=False).links) == {"conv"}

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import assert_close
 from nni_dpap._layers import LayerState, group_connectivity, neuron_time_masks
 from nni_dpap.errors import ConfigError, ShapeError
 from nni_dpap.graph import LayerLink, Readout
@@ -92,3 +93,21 @@ def test_time_masks_of_a_shared_neuron_keep_what_any_layer_keeps():
 def test_group_connectivity():
     assert group_connectivity(nn.Conv2d(4, 4, 3, groups=2), 4, 4).tolist() == [
         [1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+
+
+def test_bcm_weight_synapse_importance_scales_by_the_weight():
+    modules = {"layer": nn.Conv2d(2, 3, 3), "sn": nn.ReLU()}
+    link = LayerLink("layer", "conv", "sn", False, (Readout("sn", None),))
+    with torch.no_grad():
+        modules["layer"].weight.copy_(torch.arange(54.0).view(3, 2, 3, 3) - 20.0)
+    plain = LayerState.build(link, modules, CONFIG, False, torch.device("cpu"))
+    weighted = LayerState.build(link, modules, get_preset(CONFIG, synapse_importance="bcm_weight"), False,
+                                torch.device("cpu"))
+    pre, post = torch.rand(1, 8, 2), torch.rand(1, 8, 3)
+    for state in (plain, weighted):
+        state.stats.observe(pre, post)
+    window = plain.stats.window()
+    base, scaled = plain.importance(window), weighted.importance(window)
+    strength = (torch.arange(54.0).view(3, 2, 9) - 20.0).abs().sum(-1)  # |w| summed over each kernel slice
+    assert_close(scaled["synapse"], base["synapse"] * strength)
+    assert_close(scaled["neuron"], base["neuron"])

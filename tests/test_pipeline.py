@@ -12,7 +12,7 @@ import nni
 import pytest
 import torch
 from conftest import TinyANN, TinySNN
-from helpers import assert_close, assert_same_spiking_function, spiking_run
+from helpers import PRESET_RULE, assert_close, assert_same_spiking_function, spiking_run
 from nni.compression import TorchEvaluator
 from nni.compression.distillation import DynamicLayerwiseDistiller
 from nni.compression.quantization import QATQuantizer
@@ -26,7 +26,7 @@ from nni_dpap.quantize import QuantizedLayer, qat_config_list, shrink_and_quanti
 from nni_dpap.run import resolve_settings
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func
 
-FAST = {"relative_schedule": True, "conv_eta": 0.5, "linear_eta": 0.5, "conv_start_epoch": 0.0,
+FAST = {**PRESET_RULE, "relative_schedule": True, "conv_eta": 0.5, "linear_eta": 0.5, "conv_start_epoch": 0.0,
         "linear_start_epoch": 0.0, "conv_eps": 1.3, "linear_eps": 1.6, "conv_beta": 1.0, "linear_beta": 1.0}
 CONFIG = [{"op_types": ["Conv2d", "Linear"]}]
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +169,8 @@ def test_quantizer_state_of_another_quantizer_is_refused(digits):
 
 
 BASE = ["--log-level", "WARNING", "prune", "--model", "snn_mnist", "--data", "digits", "--T", "2", "--epochs", "4",
-        "--hparams", json.dumps({"conv_beta": 1.5, "linear_beta": 1.5}), "--quantize", "int8", "--no-progress"]
+        "--hparams", json.dumps({"conv_beta": 1.5, "linear_beta": 1.5, "conv_stop_epoch": 1.0, "linear_stop_epoch": 1.0}),
+        "--quantize", "int8", "--no-progress"]
 
 
 def test_cli_quantized_run_resumes_to_the_same_int8_model(tmp_path, capsys):

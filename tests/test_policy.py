@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from helpers import assert_close
 from nni_dpap.errors import ConfigError
 from nni_dpap.policy import (
     DPAPConfig, SurvivalRule, SurvivalState, get_preset, normalize, schedule_factor, survival_increment,
@@ -45,7 +46,7 @@ def test_schedule_factor_exp_step_and_start():
 def test_survival_state_hand_computed_and_permanent():
     cfg = get_preset("paper")
     rule = SurvivalRule(eps=1.0, bonus=2.0, eta=1e9, beta=1.0, gamma=1.0)  # factor ~ 1
-    state = SurvivalState((3,), rule, cfg.update_form)
+    state = SurvivalState((3,), rule, cfg.update_form())
     # importance -> norm [0, 0.5, 1] -> delta [-1, 0, 1] -> dF [-1, 2, 3]
     assert state.step(torch.tensor([0.0, 1.0, 2.0]), epoch=0) == 0
     assert torch.allclose(state.value, torch.tensor([0.0, 3.0, 4.0]))
@@ -59,7 +60,7 @@ def test_survival_state_hand_computed_and_permanent():
 
 def test_keep_at_least_guard():
     cfg = get_preset("paper")
-    state = SurvivalState((4,), SurvivalRule(eps=2.0, bonus=0.0, eta=1e9, beta=0.5, gamma=1.0), cfg.update_form)
+    state = SurvivalState((4,), SurvivalRule(eps=2.0, bonus=0.0, eta=1e9, beta=0.5, gamma=1.0), cfg.update_form())
     state.step(torch.tensor([0.0, 1.0, 2.0, 3.0]), epoch=0, keep_at_least=1)
     # eps = 2 -> every delta <= 0; F = 0.5 + [-2, -1.33, -0.67, 0] -> only unit 3 stays >= 0
     assert state.mask.tolist() == [False, False, False, True]
@@ -74,7 +75,7 @@ def test_larger_eps_prunes_more():
     kept = []
     for eps in (0.3, 0.6, 0.9, 1.2, 1.5):
         state = SurvivalState((200,), SurvivalRule(eps=eps, bonus=0.5, eta=8.0, beta=1.0),
-                              get_preset("paper").update_form)
+                              get_preset("paper").update_form())
         for epoch, imp in enumerate(importances):
             state.step(imp, epoch)
         kept.append(int(state.mask.sum()))
@@ -110,3 +111,51 @@ def test_with_params_relative_schedule_and_roundtrip():
         get_preset("braincog", relative_schedule=True)  # eta = 12 is not a fraction
     assert get_preset("paper", time_eps=0.3).rule("time").eps == 0.3
     assert get_preset("paper").rule("time", "conv") == get_preset("paper").conv
+
+
+def test_stop_epoch_ends_pruning_and_resolves_relative():
+    rule = SurvivalRule(eps=2.0, bonus=0.0, eta=1e9, beta=0.5, gamma=1.0, stop_epoch=2)
+    state = SurvivalState((2,), rule)
+    # epoch 1 updates (F = 0.5 + 2 * Norm - 2): [-1.5, 0.5]; from epoch 2 on nothing changes
+    assert state.step(torch.tensor([0.0, 1.0]), 1) == 1
+    assert state.step(torch.tensor([1.0, 0.0]), 2) == 0
+    assert_close(state.value, torch.tensor([-1.5, 0.5]))
+    resolved = get_preset("braincog", relative_schedule=True, conv_eta=0.2, conv_start_epoch=0.2,
+                          conv_stop_epoch=0.75, linear_eta=0.2, linear_start_epoch=0.2).resolve(40)
+    assert (resolved.conv.start_epoch, resolved.conv.stop_epoch, resolved.linear.stop_epoch) == (8, 30, None)
+    with pytest.raises(ConfigError, match="stop_epoch .* must come after start_epoch"):
+        SurvivalRule(eps=1.0, bonus=1.0, eta=1.0, start_epoch=5, stop_epoch=5)
+    with pytest.raises(ConfigError, match="stop_epoch in"):
+        get_preset("braincog", relative_schedule=True, conv_eta=0.2, conv_start_epoch=0.2, linear_eta=0.2,
+                   linear_start_epoch=0.2, conv_stop_epoch=30)
+
+
+def test_alive_only_normalisation_hand_computed():
+    rule = SurvivalRule(eps=1.0, bonus=0.0, eta=1e9, beta=10.0, gamma=1.0)
+    importance = torch.tensor([0.0, 1.0, 2.0, 4.0])
+    everyone = SurvivalState((4,), rule, get_preset("paper").update_form())
+    alive = SurvivalState((4,), rule, get_preset("paper", alive_normalization=["linear_neurons"])
+                          .update_form("linear_neurons"))
+    for state in (everyone, alive):
+        state.mask = torch.tensor([False, True, True, True])
+        state.step(importance, 0)
+    # over all four units: Norm = [0, .25, .5, 1]; over the alive three [1, 2, 4]: Norm = [0, 1/3, 1] (pruned: 0)
+    assert_close(everyone.value, torch.tensor([9.0, 9.5, 10.0, 11.0]))
+    assert_close(alive.value, torch.tensor([9.0, 9.0, 10.0 - 1 / 3, 11.0]))
+
+
+def test_unit_groups_forms_and_validation():
+    cfg = get_preset("braincog", alive_normalization=["conv_channels", "linear_synapses"],
+                     linear_synapse_percentiles=[None, 95.0])
+    assert DPAPConfig.unit_group("neurons", "conv") == "conv_channels"
+    assert DPAPConfig.unit_group("synapses", "linear") == "linear_synapses"
+    assert cfg.update_form("linear_synapses").percentiles == (None, 95.0) and cfg.update_form("linear_synapses").alive_only
+    assert cfg.update_form("linear_neurons").percentiles == (None, 75.0) and not cfg.update_form("linear_neurons").alive_only
+    assert cfg.survival_state((3, 2), "synapses", "linear").form.alive_only
+    assert DPAPConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="alive_normalization must be a list of unit groups"):
+        get_preset("braincog", alive_normalization=["fc"])
+    with pytest.raises(ConfigError, match="linear_synapse_percentiles must satisfy"):
+        get_preset("braincog", linear_synapse_percentiles=[90.0, 50.0])
+    with pytest.raises(ConfigError, match="synapse_importance"):
+        get_preset("braincog", synapse_importance="weight")

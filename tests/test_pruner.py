@@ -11,9 +11,10 @@ from nni_dpap import DPAPPruner
 from nni_dpap.errors import ConfigError, TrainingError
 from nni_dpap.models import SpikingConvNet
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func
+from helpers import PRESET_RULE
 
 # Short runs: schedule relative to the run length, aggressive eps so that a few epochs prune.
-FAST = {"relative_schedule": True, "conv_eta": 0.3, "linear_eta": 0.3, "conv_start_epoch": 0.0,
+FAST = {**PRESET_RULE, "relative_schedule": True, "conv_eta": 0.3, "linear_eta": 0.3, "conv_start_epoch": 0.0,
         "linear_start_epoch": 0.0, "conv_eps": 1.2, "linear_eps": 2.0, "conv_beta": 2.0, "linear_beta": 2.0}
 CONFIG = [{"op_types": ["Conv2d", "Linear"]}]
 
@@ -108,21 +109,19 @@ def test_larger_epsilon_prunes_at_least_as_much(make_evaluator, digits):
 
 
 def test_digits_snn_accuracy_floor(digits):
-    """The paper's MNIST SNN on digits, 20 epochs, T=4: measured 96.7% keeping 42.9% of the weights
-    (dense: 97.8%); floor 92%."""
+    """The paper's MNIST SNN on digits, 20 epochs, T=4, with the library's defaults and nothing else:
+    measured 95.0% keeping 16.3% of the pruned layers' weights (dense: 97.8%); floor 93%, at most 25% kept."""
     torch.manual_seed(0)
     model = SpikingConvNet(1, 8, 10, T=4)
     train = make_training_func(digits[0], progress=False)
     evaluator = TorchEvaluator(train, nni.trace(torch.optim.Adam)(model.parameters(), lr=3e-3), classification_step)
-    hparams = {"relative_schedule": True, "conv_eta": 0.3, "linear_eta": 0.3, "conv_start_epoch": 0.0,
-               "linear_start_epoch": 0.0, "conv_eps": 0.8, "linear_eps": 2.0}
-    pruner = DPAPPruner(model, CONFIG, evaluator, epochs=20, steps_per_epoch=len(digits[0]), hparams=hparams)
+    pruner = DPAPPruner(model, CONFIG, evaluator, epochs=20, steps_per_epoch=len(digits[0]))
     model, _ = pruner.compress()
     pruner.unwrap_model()
     kept = sum(s["weights_kept"] for s in pruner.summary().values()) / sum(
         s["weights_total"] for s in pruner.summary().values())
-    assert kept < 0.5
-    assert evaluate_accuracy(model, digits[1]) >= 0.92
+    assert kept < 0.25
+    assert evaluate_accuracy(model, digits[1]) >= 0.93
 
 
 def test_state_dict_round_trip(tiny_ann, make_evaluator, digits):

@@ -15,8 +15,9 @@ from nni_dpap.report import layer_costs
 from nni_dpap.shrink import module_of, remap_optimizer
 from nni_dpap.slicing import KeptIndices
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func
+from helpers import PRESET_RULE
 
-FAST = {"relative_schedule": True, "conv_eta": 0.3, "linear_eta": 0.3, "conv_start_epoch": 0.0,
+FAST = {**PRESET_RULE, "relative_schedule": True, "conv_eta": 0.3, "linear_eta": 0.3, "conv_start_epoch": 0.0,
         "linear_start_epoch": 0.0, "conv_eps": 1.2, "linear_eps": 1.2, "conv_beta": 2.0, "linear_beta": 2.0}
 
 

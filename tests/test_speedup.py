@@ -9,7 +9,7 @@ import nni
 import pytest
 import torch
 import torchvision
-from helpers import assert_close, assert_same_spiking_function, spiking_run
+from helpers import PRESET_RULE, assert_close, assert_same_spiking_function, spiking_run
 from nni.compression import TorchEvaluator
 from nni.compression.pruning import FPGMPruner, L1NormPruner, L2NormPruner, TaylorPruner
 from torch import Tensor, nn
@@ -22,7 +22,7 @@ from nni_dpap.models import LeNetANN, SpikingConvNet
 from nni_dpap.snn import DirectEncoder, LIFNeuron, TimeAverage
 from nni_dpap.speedup import speedup
 
-FAST = {"relative_schedule": True, "conv_eta": 0.5, "linear_eta": 0.5, "conv_start_epoch": 0.0,
+FAST = {**PRESET_RULE, "relative_schedule": True, "conv_eta": 0.5, "linear_eta": 0.5, "conv_start_epoch": 0.0,
         "linear_start_epoch": 0.0, "conv_eps": 1.3, "linear_eps": 1.6, "conv_beta": 1.0, "linear_beta": 1.0}
 
 

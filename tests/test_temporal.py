@@ -17,9 +17,10 @@ from nni_dpap.report import activity_costs
 from nni_dpap.snn import LIFNeuron, TimeAverage
 from nni_dpap.speedup import speedup
 from nni_dpap.training import classification_step, make_training_func
+from helpers import PRESET_RULE
 
 T = 4
-HP = {"relative_schedule": True, "conv_eta": 1.0, "linear_eta": 1.0, "time_eta": 1.0, "conv_start_epoch": 0.0,
+HP = {**PRESET_RULE, "relative_schedule": True, "conv_eta": 1.0, "linear_eta": 1.0, "time_eta": 1.0, "conv_start_epoch": 0.0,
       "linear_start_epoch": 0.0, "time_start_epoch": 0.0, "conv_eps": 0.5, "linear_eps": 0.5, "time_eps": 1.0,
       "time_bonus": 1.0, "time_beta": 0.5}
 
@@ -59,7 +60,7 @@ def _pruned(temporal: bool = True):
 
 
 def test_survival_of_a_step_without_importance():
-    state = SurvivalState((3, T), SurvivalRule(eps=1.0, bonus=1.0, eta=1e9, beta=0.5, gamma=1.0), get_preset("paper").update_form)
+    state = SurvivalState((3, T), SurvivalRule(eps=1.0, bonus=1.0, eta=1e9, beta=0.5, gamma=1.0), get_preset("paper").update_form())
     importance = torch.rand(3, T) + 1.0
     importance[:, 2] = 0.0
     state.step(importance, 0)

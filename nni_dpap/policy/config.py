@@ -36,13 +36,27 @@ from ..errors import ConfigError
 from .rule import SurvivalRule
 from .survival import Normalization, Schedule, SurvivalState, UpdateForm
 
-__all__ = ["DPAPConfig", "LayerKind", "Accumulation", "PRESETS", "get_preset"]
+__all__ = ["DPAPConfig", "LayerKind", "Accumulation", "UNIT_GROUPS", "PRESETS", "get_preset"]
 
 LayerKind = Literal["conv", "linear", "time"]
 Accumulation = Literal["epoch", "cumulative"]
+Unit = Literal["neurons", "synapses", "time"]
+SynapseImportance = Literal["bcm", "bcm_weight"]
+#: The groups of units DPAP prunes, as named by ``alive_normalization`` (and the ``prune_*`` flags).
+UNIT_GROUPS = ("conv_channels", "conv_kernels", "linear_neurons", "linear_synapses", "time")
 
 
 _RULE_FIELDS = tuple(f.name for f in dataclasses.fields(SurvivalRule))
+_TUPLE_FIELDS = ("percentiles", "linear_synapse_percentiles", "alive_normalization")
+
+
+def _check_percentiles(name: str, percentiles: Any) -> None:
+    if not isinstance(percentiles, (tuple, list)) or len(percentiles) != 2:
+        raise ConfigError(f"{name} must be [lo, hi] (lo may be null for the minimum), got {percentiles!r}")
+    lo = 0.0 if percentiles[0] is None else check_float(f"{name}[0]", percentiles[0])
+    hi = check_float(f"{name}[1]", percentiles[1])
+    if not 0 <= lo < hi <= 100:
+        raise ConfigError(f"{name} must satisfy 0 <= lo < hi <= 100, got {percentiles!r}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,17 @@ class DPAPConfig:
         number of epochs (for short runs; ``resolve(epochs)`` turns them into epochs).
     prune_conv_channels, prune_conv_kernels, prune_linear_neurons, prune_linear_synapses
         Which kinds of units are pruned.
+    prune_first_conv
+        Whether the first conv layer (in model order) is pruned; the released code never prunes
+        it (it sees the raw input and has few parameters).
+    alive_normalization
+        The unit groups (:data:`UNIT_GROUPS`) whose importance is normalised over the units still
+        alive, so that the bar a unit must clear rises as its layer shrinks (see :class:`UpdateForm`).
+    linear_synapse_percentiles
+        ``(lo, hi)`` percentiles used for FC synapses instead of ``percentiles`` (``None``: the same).
+    synapse_importance
+        ``'bcm'``: the spine importance of Eq. (7) (paper); ``'bcm_weight'``: times the synapse's
+        ``|w|`` (summed over a kernel slice), so a synapse must be both active and strong to stay.
     """
 
     name: str = "custom"
@@ -94,33 +119,40 @@ class DPAPConfig:
     prune_conv_kernels: bool = False
     prune_linear_neurons: bool = True
     prune_linear_synapses: bool = True
+    prune_first_conv: bool = True
+    alive_normalization: tuple[str, ...] = ()
+    linear_synapse_percentiles: tuple[float | None, float] | None = None
+    synapse_importance: SynapseImportance = "bcm"
 
     def __post_init__(self) -> None:
         check_choice("normalization", self.normalization, ["minmax", "percentile"])
         check_choice("schedule", self.schedule, ["exp", "step"])
         check_choice("accumulation", self.accumulation, ["epoch", "cumulative"])
+        check_choice("synapse_importance", self.synapse_importance, ["bcm", "bcm_weight"])
         for flag in ("strict_positive", "normalize_spine_factors", "relative_schedule", "prune_conv_channels",
-                     "prune_conv_kernels", "prune_linear_neurons", "prune_linear_synapses"):
+                     "prune_conv_kernels", "prune_linear_neurons", "prune_linear_synapses", "prune_first_conv"):
             check_bool(flag, getattr(self, flag))
         check_float("trace_tau", self.trace_tau, minimum=0.0, maximum=1.0)
-        percentiles = self.percentiles
-        if not isinstance(percentiles, (tuple, list)) or len(percentiles) != 2:
-            raise ConfigError(f"percentiles must be [lo, hi] (lo may be null for the minimum), got {percentiles!r}")
-        lo = 0.0 if percentiles[0] is None else check_float("percentiles[0]", percentiles[0])
-        hi = check_float("percentiles[1]", percentiles[1])
-        if not 0 <= lo < hi <= 100:
-            raise ConfigError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {percentiles!r}")
+        _check_percentiles("percentiles", self.percentiles)
+        if self.linear_synapse_percentiles is not None:
+            _check_percentiles("linear_synapse_percentiles", self.linear_synapse_percentiles)
+        groups = self.alive_normalization
+        if isinstance(groups, str) or not isinstance(groups, (tuple, list)) or \
+                any(g not in UNIT_GROUPS for g in groups):
+            raise ConfigError(f"alive_normalization must be a list of unit groups from {list(UNIT_GROUPS)}, "
+                              f"got {groups!r}")
         for kind in ("conv", "linear", "time"):
             rule = getattr(self, kind)
             if rule is not None and not isinstance(rule, SurvivalRule):
                 raise ConfigError(f"DPAPConfig.{kind} must be a SurvivalRule, got {type(rule).__name__}")
             if self.relative_schedule and rule is not None and not (
-                0 < rule.eta <= 10 and rule.start_epoch < 1
+                0 < rule.eta <= 10 and rule.start_epoch < 1 and (rule.stop_epoch is None or rule.stop_epoch <= 1)
             ):
                 raise ConfigError(
-                    f"with relative_schedule=True, {kind}.eta and {kind}.start_epoch are fractions of the "
-                    f"planned epochs (eta in (0, 10], start_epoch in [0, 1)), got eta={rule.eta}, "
-                    f"start_epoch={rule.start_epoch}"
+                    f"with relative_schedule=True, {kind}.eta, {kind}.start_epoch and {kind}.stop_epoch are "
+                    f"fractions of the planned epochs (eta in (0, 10], start_epoch in [0, 1), stop_epoch in "
+                    f"(start_epoch, 1]), got eta={rule.eta}, start_epoch={rule.start_epoch}, "
+                    f"stop_epoch={rule.stop_epoch}"
                 )
 
     # -- access ------------------------------------------------------------------------
@@ -131,15 +163,29 @@ class DPAPConfig:
         rule: SurvivalRule = getattr(self, kind)
         return rule
 
-    @property
-    def update_form(self) -> UpdateForm:
-        """The variant of Eqs. (9)-(11) this configuration evaluates."""
-        return UpdateForm(self.normalization, self.percentiles, self.strict_positive, self.schedule)
+    @staticmethod
+    def unit_group(unit: Unit, layer_kind: Literal["conv", "linear"]) -> str:
+        """The :data:`UNIT_GROUPS` name of ``unit`` in a ``layer_kind`` layer, e.g. ``'conv_channels'``."""
+        if unit == "time":
+            return "time"
+        return {("conv", "neurons"): "conv_channels", ("conv", "synapses"): "conv_kernels",
+                ("linear", "neurons"): "linear_neurons", ("linear", "synapses"): "linear_synapses"}[(layer_kind, unit)]
 
-    def survival_state(self, shape: tuple[int, ...], kind: LayerKind, layer_kind: Literal["conv", "linear"],
+    def update_form(self, group: str = "") -> UpdateForm:
+        """The variant of Eqs. (9)-(11) this configuration evaluates for the unit group ``group``."""
+        percentiles = self.percentiles
+        if group == "linear_synapses" and self.linear_synapse_percentiles is not None:
+            percentiles = self.linear_synapse_percentiles
+        return UpdateForm(self.normalization, tuple(percentiles), self.strict_positive,  # type: ignore[arg-type]
+                          self.schedule, group in self.alive_normalization)
+
+    def survival_state(self, shape: tuple[int, ...], unit: Unit, layer_kind: Literal["conv", "linear"],
                        device: Any = None) -> SurvivalState:
-        """A fresh :class:`SurvivalState` for units of ``kind`` in a ``layer_kind`` layer (absolute schedule)."""
-        return SurvivalState(shape, self.rule(kind, layer_kind), self.update_form, device)
+        """A fresh :class:`SurvivalState` for ``unit`` (``'neurons'``, ``'synapses'``, ``'time'``) of a
+        ``layer_kind`` layer (absolute schedule)."""
+        kind: LayerKind = "time" if unit == "time" else layer_kind
+        return SurvivalState(shape, self.rule(kind, layer_kind), self.update_form(self.unit_group(unit, layer_kind)),
+                             device)
 
     def resolve(self, epochs: int) -> DPAPConfig:
         """Return a copy with an absolute schedule for a run of ``epochs`` epochs."""
@@ -151,7 +197,10 @@ class DPAPConfig:
         def scale(rule: SurvivalRule | None) -> SurvivalRule | None:
             if rule is None:
                 return None
-            return dataclasses.replace(rule, eta=rule.eta * epochs, start_epoch=round(rule.start_epoch * epochs))
+            stop = None if rule.stop_epoch is None else max(round(rule.stop_epoch * epochs),
+                                                             round(rule.start_epoch * epochs) + 1)
+            return dataclasses.replace(rule, eta=rule.eta * epochs, start_epoch=round(rule.start_epoch * epochs),
+                                       stop_epoch=stop)
 
         return dataclasses.replace(
             self,
@@ -185,7 +234,7 @@ class DPAPConfig:
             if kind in rules and name in _RULE_FIELDS:
                 rules[kind][name] = value
             else:
-                top[key] = tuple(value) if key == "percentiles" else value
+                top[key] = tuple(value) if key in _TUPLE_FIELDS and isinstance(value, list) else value
         for kind, changes in rules.items():  # conv, linear, then time
             if not changes:
                 continue
@@ -205,8 +254,9 @@ class DPAPConfig:
         for kind in ("conv", "linear", "time"):
             if isinstance(data.get(kind), Mapping):
                 data[kind] = SurvivalRule(**data[kind])
-        if "percentiles" in data:
-            data["percentiles"] = tuple(data["percentiles"])
+        for key in _TUPLE_FIELDS:
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:

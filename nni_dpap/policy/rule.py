@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._validate import check_float
+from ..errors import ConfigError
 
 __all__ = ["SurvivalRule"]
 
@@ -29,6 +30,10 @@ class SurvivalRule:
         Multiplicative decay of ``F`` per update.
     beta
         Initial survival value.
+    stop_epoch
+        First epoch (0-based) whose statistics no longer update ``F``: pruning ends there and the
+        network recovers with a fixed structure for the rest of the run (same unit as ``eta``;
+        ``None``: pruning never stops).
     """
 
     eps: float
@@ -37,6 +42,7 @@ class SurvivalRule:
     start_epoch: float = 0.0
     gamma: float = 0.999
     beta: float = 10.0
+    stop_epoch: float | None = None
 
     def __post_init__(self) -> None:
         check_float("SurvivalRule.eps (epsilon)", self.eps, minimum=0.0)
@@ -45,3 +51,8 @@ class SurvivalRule:
         check_float("SurvivalRule.start_epoch", self.start_epoch, minimum=0.0)
         check_float("SurvivalRule.gamma", self.gamma, minimum=0.0, maximum=1.0, strict_minimum=True)
         check_float("SurvivalRule.beta (initial survival)", self.beta, minimum=0.0, strict_minimum=True)
+        if self.stop_epoch is not None:
+            check_float("SurvivalRule.stop_epoch", self.stop_epoch, minimum=0.0, strict_minimum=True)
+            if self.stop_epoch <= self.start_epoch:
+                raise ConfigError(f"SurvivalRule.stop_epoch ({self.stop_epoch}) must come after start_epoch "
+                                  f"({self.start_epoch}): nothing would ever be pruned")

@@ -116,7 +116,7 @@ def update_survival(value: Tensor, increment: Tensor, gamma: float, factor: floa
 
 @dataclass(frozen=True)
 class UpdateForm:
-    """Which variant of Eqs. (9)-(11) is evaluated (the same for every kind of unit).
+    """Which variant of Eqs. (9)-(11) a group of units is evaluated with.
 
     Parameters
     ----------
@@ -126,12 +126,16 @@ class UpdateForm:
         Positive branch of Eq. (10) for ``delta > 0`` only.
     schedule
         ``'exp'`` or ``'step'``, see :func:`schedule_factor`.
+    alive_only
+        Normalise over the units that are still alive (pruned ones take no part and get 0);
+        otherwise over all units, the pruned and removed ones counting with importance 0.
     """
 
     normalization: Normalization = "minmax"
     percentiles: tuple[float | None, float] = (None, 75.0)
     strict_positive: bool = False
     schedule: Schedule = "exp"
+    alive_only: bool = False
 
 
 class SurvivalState:
@@ -175,10 +179,15 @@ class SurvivalState:
             Number of units pruned by this step.
         """
         factor = schedule_factor(epoch, self.rule.eta, self.rule.start_epoch, self.form.schedule)
-        if factor == 0.0:
+        if factor == 0.0 or (self.rule.stop_epoch is not None and epoch >= self.rule.stop_epoch):
             return 0
-        norm = normalize(importance.to(self.value.device), self.form.normalization, self.form.percentiles,
-                         extra_zeros)
+        importance = importance.to(self.value.device)
+        form = self.form
+        if form.alive_only and int(self.mask.sum()) >= 2:
+            norm = torch.zeros_like(importance, dtype=torch.float32)
+            norm[self.mask] = normalize(importance[self.mask], form.normalization, form.percentiles)
+        else:
+            norm = normalize(importance, form.normalization, form.percentiles, extra_zeros)
         increment = survival_increment(norm, self.rule.eps, self.rule.bonus, self.form.strict_positive)
         self.value = update_survival(self.value, increment, self.rule.gamma, factor)
         alive_before = int(self.mask.sum())

@@ -1,0 +1,53 @@
+"""The library's default DPAP settings: relative to the run, one source for the API, the CLI and HPO."""
+
+from __future__ import annotations
+
+import nni
+import pytest
+import torch
+from nni.compression import TorchEvaluator
+
+from nni_dpap import DPAPPruner
+from nni_dpap.errors import ConfigError
+from nni_dpap.policy import get_preset
+from nni_dpap.policy.defaults import BETA_PER_EPOCH, CALIBRATIONS, MIN_BETA, default_hparams
+from nni_dpap.run import DEFAULTS, dpap_settings
+from nni_dpap.training import classification_step, make_training_func
+
+CONFIG = [{"op_types": ["Conv2d", "Linear"]}]
+
+
+def test_defaults_scale_with_the_run():
+    assert default_hparams(60)["conv_beta"] == pytest.approx(10.0)
+    assert default_hparams(5)["conv_beta"] == pytest.approx(MIN_BETA)  # the floor of short runs
+    assert default_hparams(300)["linear_beta"] == pytest.approx(300 * BETA_PER_EPOCH, abs=1e-3)
+    for epochs in (10, 40, 300):
+        resolved = get_preset("braincog", **default_hparams(epochs)).resolve(epochs)
+        assert resolved.conv.start_epoch == round(0.2 * epochs) and resolved.conv.stop_epoch == round(0.75 * epochs)
+        assert resolved.linear.eta == pytest.approx(0.2 * epochs)
+    assert default_hparams(40, "paper")["linear_eps"] != default_hparams(40)["linear_eps"]
+    assert set(CALIBRATIONS) == {"braincog", "paper"}
+    with pytest.raises(ConfigError, match="preset must be one of"):
+        default_hparams(40, "released")
+
+
+def _pruner(model, data, **kwargs):
+    evaluator = TorchEvaluator(make_training_func(data, progress=False),
+                               nni.trace(torch.optim.Adam)(model.parameters(), lr=1e-3), classification_step)
+    return DPAPPruner(model, CONFIG, evaluator, epochs=30, steps_per_epoch=len(data), **kwargs)
+
+
+def test_pruner_api_and_cli_share_the_defaults(tiny_snn, digits):
+    expected = get_preset("braincog", **default_hparams(30)).resolve(30)
+    assert _pruner(tiny_snn, digits[0]).dpap_config == expected
+    cli_hparams, _ = dpap_settings({**DEFAULTS, "epochs": 30})
+    assert get_preset("braincog", **cli_hparams).resolve(30) == expected
+
+
+def test_hparams_override_single_defaults_and_a_config_is_taken_as_given(tiny_snn, digits):
+    config = _pruner(tiny_snn, digits[0], hparams={"conv_eps": 0.9}).dpap_config
+    assert config.conv.eps == 0.9 and config.linear.eps == default_hparams(30)["linear_eps"]
+    assert config.synapse_importance == "bcm_weight"
+    tiny_snn = type(tiny_snn)()
+    raw = _pruner(tiny_snn, digits[0], preset=get_preset("braincog")).dpap_config
+    assert raw == get_preset("braincog") and raw.prune_first_conv
