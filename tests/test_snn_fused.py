@@ -247,3 +247,21 @@ def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
         out = LIFNeuron(T=1)(torch.tensor([0.5, 3.0]))
     assert out.tolist() == [0.0, 1.0]
     assert len(caplog.records) == 1 and "no C++ compiler" in caplog.records[0].getMessage()
+
+
+def test_corrupt_cached_library_is_rebuilt(monkeypatch, tmp_path, caplog):
+    # also the one test that always compiles the kernel from scratch (a few seconds)
+    monkeypatch.setenv("NNI_DPAP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fused, "_STATE", fused._State())
+    cxx = fused._compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    target = tmp_path / "kernels" / f"{fused._stem(cxx)}.so"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"not a shared library")
+    with caplog.at_level(logging.WARNING, logger="nni_dpap"):
+        assert fused.available()
+    assert not caplog.records and target.stat().st_size > 1000
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no leftovers
+    x = torch.tensor([0.5, 3.0, 1.0, 2.5])
+    assert LIFNeuron(T=2)(x).tolist() == LIFNeuron(T=2, backend="torch")(x).tolist() == [0.0, 1.0, 0.0, 1.0]

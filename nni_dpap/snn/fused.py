@@ -74,7 +74,7 @@ __all__ = ["FusedConfig", "available", "lif_multi_step", "unavailable_reason"]
 _SOURCE = r"""
 // Fused multi-step LIF / PLIF neuron, forward and backward (see nni_dpap/snn/fused.py for the design).
 //
-// Plain C++17 with a C ABI, no torch headers: it compiles in about a second and is called through ctypes.
+// Plain C++17 with a C ABI, no torch headers: it compiles in a few seconds and is called through ctypes.
 // Layout: x, s, h, grad are [T, B, L] (time-major, contiguous); gate is [T, L] (the time mask expanded over
 // the per-sample features) or null. Every (sample, chunk of <= kBlock features) is one independent work item
 // that keeps its membrane (or its gradient w.r.t. the membrane) in a small stack array and runs the T loop
@@ -91,6 +91,7 @@ _SOURCE = r"""
 namespace {
 
 constexpr int64_t kBlock = 512;
+constexpr double kPi = 3.14159265358979323846;  // == Python's math.pi
 
 struct Params {
   int64_t T, B, L;
@@ -153,7 +154,7 @@ template <typename F, bool MUL, bool GATE, bool SIGMOID, bool DETACH, bool GRAD_
 double backward_item(const F* gs, const F* h, const F* x, const F* gate, F* gx, const Params& p, int64_t off,
                      int64_t j0, int64_t n) {
   const F k = F(p.k), vth = F(p.vth), vr = F(p.vr), alpha = F(p.alpha);
-  const F c1 = F(M_PI / 2 * p.alpha), c2 = F(p.alpha / 2);
+  const F c1 = F(kPi / 2 * p.alpha), c2 = F(p.alpha / 2);
   const int64_t N = p.B * p.L;
   F gv[kBlock];  // dL/dV[t], flowing backwards in time
   double acc = 0.0;
@@ -296,7 +297,6 @@ _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fa
 _OPENMP = "-fopenmp"
 _ABI_VERSION = 1
 _DTYPES = {torch.float32: 0, torch.float64: 1}
-_SURROGATES = ("atan", "sigmoid")
 _MIN_PARALLEL = 1 << 15  # elements per step below which one thread is faster than waking the others
 
 
@@ -372,21 +372,26 @@ def _writable_dir(path: Path) -> Path:
 
 def _compile(cxx: list[str], directory: Path, stem: str) -> Path:
     """Compile the kernel into ``directory`` (with OpenMP if the compiler has it); returns the library."""
-    source = directory / f"{stem}.cpp"
     target = directory / f"{stem}.so"
-    tmp = directory / f"{stem}.{os.getpid()}.{threading.get_ident()}.tmp"
+    unique = f"{stem}.{os.getpid()}.{threading.get_ident()}"  # processes may build the same kernel at once
+    source, tmp = directory / f"{unique}.cpp", directory / f"{unique}.tmp"
     source.write_text(_SOURCE)
-    errors = []
-    for extra in ((_OPENMP,), ()):
-        cmd = [*cxx, *_FLAGS, *extra, "-o", str(tmp), str(source)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if proc.returncode == 0:
-            os.replace(tmp, target)  # atomic: concurrent processes may build the same file
-            if not extra:
-                _logger.debug("fused neuron kernel built without OpenMP (single-threaded)")
-            return target
-        errors.append(proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"])
-    raise RuntimeError(f"{shlex.join(cxx)} failed: {errors[-1][0]}")
+    error = ""
+    try:
+        for extra in ((_OPENMP,), ()):
+            cmd = [*cxx, *_FLAGS, *extra, "-o", str(tmp), str(source)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if proc.returncode == 0:
+                os.replace(tmp, target)  # atomic
+                if not extra:
+                    _logger.debug("fused neuron kernel built without OpenMP (single-threaded)")
+                return target
+            lines = proc.stderr.strip().splitlines()
+            error = lines[-1] if lines else f"exit code {proc.returncode}"
+    finally:
+        source.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    raise RuntimeError(f"{shlex.join(cxx)} failed: {error}")
 
 
 def _build() -> ctypes.CDLL:
@@ -394,16 +399,28 @@ def _build() -> ctypes.CDLL:
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set $CXX or install g++/clang++)")
-    key = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, *cxx, platform.machine(), sys.platform]).encode())
-    stem = f"lif_{key.hexdigest()[:16]}"
+    stem = _stem(cxx)
     directory = _writable_dir(_cache_dir())
     target = directory / f"{stem}.so"
-    if not target.exists():
-        target = _compile(cxx, directory, stem)
-    lib = ctypes.CDLL(str(target))
+    if target.exists():
+        try:
+            return _load(target)
+        except (OSError, RuntimeError, AttributeError) as exc:  # a corrupt or foreign file: build it again
+            _logger.debug("rebuilding the cached kernel %s (%s)", target, exc)
+    return _load(_compile(cxx, directory, stem))
+
+
+def _stem(cxx: list[str]) -> str:
+    """File name (without suffix) of the library: changes with the source, flags, compiler and platform."""
+    key = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, *cxx, platform.machine(), sys.platform]).encode())
+    return f"lif_{key.hexdigest()[:16]}"
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
     _declare(lib)
     if lib.nni_dpap_lif_abi_version() != _ABI_VERSION:
-        raise RuntimeError(f"stale kernel library {target}")
+        raise RuntimeError(f"stale kernel library {path}")
     return lib
 
 
