@@ -265,3 +265,28 @@ def test_corrupt_cached_library_is_rebuilt(monkeypatch, tmp_path, caplog):
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no leftovers
     x = torch.tensor([0.5, 3.0, 1.0, 2.5])
     assert LIFNeuron(T=2)(x).tolist() == LIFNeuron(T=2, backend="torch")(x).tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_kernel_source_is_package_data_and_keys_the_cache(monkeypatch, tmp_path, caplog):
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "snn/_lif_kernel.cpp" in package_data["nni_dpap"]  # a wheel ships the source it compiles
+    source = (root / "nni_dpap" / "snn" / fused._KERNEL).read_text()
+    assert fused._source() == source and "nni_dpap_lif_forward" in source
+    stem = fused._stem(["c++"])
+    monkeypatch.setattr(fused, "_source", lambda: source + "// edited\n")
+    assert fused._stem(["c++"]) != stem  # an edited kernel is built again, not read from the cache
+    monkeypatch.setenv("NNI_DPAP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fused, "_STATE", fused._State())
+
+    def missing() -> str:
+        raise FileNotFoundError("_lif_kernel.cpp")
+
+    monkeypatch.setattr(fused, "_source", missing)  # installed without its package data: the loop, one warning
+    with caplog.at_level(logging.WARNING, logger="nni_dpap"):
+        assert LIFNeuron(T=1)(torch.tensor([0.5, 3.0])).tolist() == [0.0, 1.0]
+    assert not fused.available() and "_lif_kernel.cpp" in fused.unavailable_reason()
+    assert len(caplog.records) == 1
