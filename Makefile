@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all install clean lint bench
+.PHONY: demo test test-1thread test-all install clean lint bench ci
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# the same suite on one thread: float kernels differ with the thread count (and between CPUs)
+test-1thread: $(STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""
 
@@ -28,7 +32,11 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
 lint: $(STAMP)
-	$(BIN)/ruff check nni_dpap tests examples
+	$(BIN)/ruff check nni_dpap tests examples benchmarks
+	$(BIN)/mypy
+
+# what CI runs (.ci/run): lint, the suite, the suite on one thread
+ci: lint test test-1thread
 
 # benchmarks (not part of `make test`): about 30 minutes on 2 CPU cores; results in benchmarks/results/
 bench: $(STAMP)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from nni_dpap import DPAPPruner
 from nni_dpap.data import digits_datasets
+from nni_dpap.distributed import ddp_prefix, strip_prefix
 from nni_dpap.models import LeNetANN, SpikingConvNet
 from nni_dpap.training import classification_step, evaluate_accuracy, seed_everything
 
@@ -88,7 +89,7 @@ def main() -> None:
     _, masks = pruner.compress()
     pruner.unwrap_model()
     plain = model.module
-    masks = {pruner._canonical(m): {t: v.cpu() for t, v in d.items()} for m, d in masks.items()}
+    masks = {strip_prefix(m, ddp_prefix(model)): {t: v.cpu() for t, v in d.items()} for m, d in masks.items()}
     if args.out:
         torch.save(masks, f"{args.out}.rank{rank}")
     if rank == 0:

@@ -1,7 +1,7 @@
 """Spatio-temporal DPAP on event data: the paper's N-MNIST SNN on the offline event digits.
 
 scikit-learn's digits are seen by a simulated event camera moving in three saccades
-and saved as N-MNIST ``.bin`` files (``nni_dpap.event_digits``; the same loader reads
+and saved as N-MNIST ``.bin`` files (``nni_dpap.data.event_digits``; the same loader reads
 real N-MNIST with ``--data nmnist --data-dir DIR``). Three runs from the same initial
 weights, same batches, same epochs: dense, DPAP in space only, DPAP in space and time.
 Prints accuracy, weight sparsity, time sparsity and energy against the dense SNN:

@@ -22,7 +22,7 @@ from nni_dpap import DPAPPruner
 from nni_dpap.adapters import require
 from nni_dpap.data import digits_loaders
 from nni_dpap.report import activity_costs, format_table
-from nni_dpap.snn import auto_reset
+from nni_dpap import auto_reset
 from nni_dpap.speedup import speedup
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func, seed_everything
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 
-from . import errors
+from . import errors, speedup  # speedup: a module that can be called, speedup(model, dummy_input, masks)
 from .policy import DPAPConfig, SurvivalRule, get_preset
 from .pruner import DPAPPruner
-from .snn import auto_reset, reset_net, set_step_mode, set_time_steps
+from .adapters.network import auto_reset, reset_net
+from .snn import set_step_mode, set_time_steps
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DPAPPruner",
+    "speedup",
     "DPAPConfig",
     "SurvivalRule",
     "get_preset",

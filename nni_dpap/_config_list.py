@@ -1,17 +1,21 @@
-"""Validation of NNI ``config_list`` entries for DPAP (NNI glue, no algorithm)."""
+"""Which layers DPAP prunes: NNI ``config_list`` validation and the layer -> neuron links (NNI glue)."""
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from nni.compression.base.config import select_modules_by_config
 from torch import nn
 
+from .distributed import ddp_prefix, strip_prefix, with_prefix
 from .errors import ConfigError, UnsupportedModuleError
-from .graph import PRUNABLE_TYPES
+from .graph import PRUNABLE_TYPES, GraphInfo, link_layers
 
-__all__ = ["select_targets", "SUPPORTED_OP_TYPES"]
+__all__ = ["select_targets", "resolve_links", "SUPPORTED_OP_TYPES"]
+
+_logger = logging.getLogger("nni_dpap.pruner")
 
 SUPPORTED_OP_TYPES = tuple(t.__name__ for t in PRUNABLE_TYPES)
 _SELECT_KEYS = ("op_types", "op_names", "op_names_re")
@@ -65,7 +69,13 @@ def select_targets(model: nn.Module, config_list: Sequence[dict[str, Any]]) -> l
     UnsupportedModuleError
         A module selected by name is not a ``Conv1d``, ``Conv2d`` or ``Linear``.
     """
-    if not isinstance(config_list, (list, tuple)) or len(config_list) == 0:
+    if isinstance(config_list, dict):
+        raise ConfigError(f"config_list must be a list of dicts (NNI's format), got one dict: wrap it as "
+                          f"[{config_list!r}]")
+    if not isinstance(config_list, (list, tuple)):
+        raise ConfigError(f"config_list must be a list of dicts such as [{{'op_types': ['Conv2d', 'Linear']}}], "
+                          f"got {type(config_list).__name__}")
+    if len(config_list) == 0:
         raise ConfigError(
             "config_list is empty: give at least one entry such as "
             "[{'op_types': ['Conv2d', 'Linear'], 'exclude_op_names': ['classifier']}]"
@@ -95,3 +105,41 @@ def select_targets(model: nn.Module, config_list: Sequence[dict[str, Any]]) -> l
             f"{[n for n, m in names.items() if isinstance(m, PRUNABLE_TYPES)]}"
         )
     return [n for n in names if n in selected]
+
+
+def resolve_links(model: nn.Module, config_list: Sequence[dict[str, Any]], *, temporal: bool,
+                  leaf_modules: Sequence[type[nn.Module] | str] = (), concrete_args: dict[str, Any] | None = None,
+                  neuron_map: Mapping[str, str] | None = None) -> GraphInfo:
+    """The layers ``config_list`` selects, each linked to the neuron DPAP reads, output layers set apart.
+
+    A ``DistributedDataParallel`` model is traced through its module; the names keep DDP's prefix.
+
+    Raises
+    ------
+    ConfigError
+        Bad config list, only output layers selected, or ``temporal`` with a layer not
+        followed by a spiking neuron.
+    GraphError
+        The model cannot be traced or a layer has no neuron after it.
+    """
+    targets = select_targets(model, config_list)
+    prefix = ddp_prefix(model)
+    inner: nn.Module = model.module if prefix else model  # type: ignore[assignment]
+    neuron_map = {strip_prefix(k, prefix): strip_prefix(v, prefix) for k, v in (neuron_map or {}).items()}
+    info = with_prefix(link_layers(inner, [strip_prefix(t, prefix) for t in targets], leaf_modules=leaf_modules,
+                                   concrete_args=concrete_args, neuron_map=neuron_map), prefix)
+    for name in info.output_layers:
+        _logger.info("%s is an output layer: DPAP never prunes output layers, it is left untouched", name)
+    if not info.links:
+        raise ConfigError(
+            f"nothing left to prune: the selected layers {targets} are all output layers. "
+            "Select hidden conv/linear layers that are followed by a neuron or activation."
+        )
+    for link in info.links.values():
+        if temporal and (not link.spiking or link.neuron is None):
+            raise ConfigError(
+                f"temporal=True prunes (neuron, time step) pairs of spiking neurons, but layer {link.name!r} "
+                f"is followed by {link.neuron or 'a functional activation'}, not a spiking neuron: use "
+                "temporal=False for ANNs, or exclude the layer from the config_list"
+            )
+    return info

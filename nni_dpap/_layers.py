@@ -1,26 +1,50 @@
 """DPAP's state of one prunable layer: statistics, survival values, masks, connectivity.
 
-The pruner owns one :class:`LayerState` per layer and keeps the
-NNI side (wrappers, masks in NNI's format, hooks) to itself.
+A :class:`LayerState` owns everything DPAP keeps for a layer and every operation on it:
+it is built from the layer's :class:`~nni_dpap.graph.LayerLink` and the configuration,
+reads the layer's input and its neuron's output, turns a window of statistics into a
+survival update, gives the weight mask, is saved and restored, and is cut down to the
+units a physical shrink kept. The pruner keeps the NNI side (wrappers, masks in NNI's
+format, hooks) to itself.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from .adapters import find_adapter
-from .errors import ShapeError
+from .adapters import NeuronAdapter, find_adapter
+from .errors import ConfigError, ShapeError
 from .graph import LayerLink
-from .metrics import LayerStatistics
+from .metrics import LayerStatistics, window_importance
 from .plasticity import reduce_spatial
-from .policy import SurvivalState
-from .speedup import KeptIndices
+from .policy import DPAPConfig, SurvivalState
+from .slicing import KeptIndices
 
-__all__ = ["LayerState", "group_connectivity"]
+__all__ = ["LayerState", "group_connectivity", "layer_size", "neuron_time_masks"]
+
+_logger = logging.getLogger(__name__)
+
+
+def layer_size(module: nn.Module) -> tuple[int, int]:
+    """``(output units, input units)`` of a conv or linear layer."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    return int(module.out_channels), int(module.in_channels)  # type: ignore[arg-type]
+
+
+def group_connectivity(module: nn.Module, n_out: int, n_in: int) -> Tensor:
+    """0/1 ``[n_out, n_in]``: the synapses a (grouped) conv or a linear layer has."""
+    groups = int(getattr(module, "groups", 1))
+    if groups == 1:
+        return torch.ones(n_out, n_in)
+    out_group = torch.arange(n_out) // (n_out // groups)
+    in_group = torch.arange(n_in) // (n_in // groups)
+    return (out_group[:, None] == in_group[None, :]).float()
 
 
 @dataclass
@@ -29,20 +53,51 @@ class LayerState:
 
     link: LayerLink
     module: nn.Module
-    n_out: int
-    n_in: int
+    config: DPAPConfig
     stats: LayerStatistics
     connectivity: Tensor  # [n_out, n_in] 0/1: synapses the layer's structure allows (groups)
     neurons: SurvivalState | None
     synapses: SurvivalState | None
-    units_built: int = 0  # output units and allowed synapses of the layer as built, before any shrink
-    synapses_built: int = 0
+    units_built: int  # output units and allowed synapses of the layer as built, before any shrink
+    synapses_built: int
     time: SurvivalState | None = None  # [n_out, T] (neuron, time step) pairs, created at the first update
 
+    @classmethod
+    def build(cls, link: LayerLink, modules: Mapping[str, nn.Module], config: DPAPConfig, temporal: bool,
+              device: torch.device) -> LayerState:
+        """A fresh state for the layer ``link`` names (``modules``: the model's modules by name), as ``config`` asks."""
+        module = modules[link.name]
+        n_out, n_in = layer_size(module)
+        for bn in link.norms:
+            if getattr(modules[bn], "num_features", n_out) != n_out:
+                raise ConfigError(f"BatchNorm {bn!r} after layer {link.name!r} does not have {n_out} features")
+        prune_neurons = config.prune_conv_channels if link.kind == "conv" else config.prune_linear_neurons
+        prune_synapses = config.prune_linear_synapses if link.kind == "linear" else config.prune_conv_kernels
+        if link.kind == "conv" and prune_synapses and getattr(module, "groups", 1) != 1:
+            _logger.warning("%s is a grouped conv: kernel-slice pruning is skipped for it", link.name)
+            prune_synapses = False
+        connectivity = group_connectivity(module, n_out, n_in).to(device)
+        return cls(
+            link=link, module=module, config=config,
+            stats=LayerStatistics(n_out, n_in, config.trace_tau, config.accumulation, temporal=temporal,
+                                  device=device),
+            connectivity=connectivity,
+            neurons=config.survival_state((n_out,), link.kind, link.kind, device) if prune_neurons else None,
+            synapses=config.survival_state((n_out, n_in), link.kind, link.kind, device) if prune_synapses else None,
+            units_built=n_out, synapses_built=int(connectivity.sum()),
+        )
+
     def __post_init__(self) -> None:
-        self._adapter: Any = None
-        self.units_built = self.units_built or self.n_out
-        self.synapses_built = self.synapses_built or int(self.connectivity.sum())
+        self._adapter: NeuronAdapter | None = None
+
+    # -- sizes and masks -------------------------------------------------------------
+    @property
+    def n_out(self) -> int:
+        return self.stats.n_out
+
+    @property
+    def n_in(self) -> int:
+        return self.stats.n_in
 
     @property
     def removed_units(self) -> int:
@@ -53,6 +108,45 @@ class LayerState:
     def removed_synapses(self) -> int:
         return self.synapses_built - int(self.connectivity.sum())
 
+    @property
+    def neuron_mask(self) -> Tensor:
+        if self.neurons is not None:
+            return self.neurons.mask
+        return torch.ones(self.n_out, dtype=torch.bool, device=self.connectivity.device)
+
+    @property
+    def synapse_mask(self) -> Tensor:
+        base = self.connectivity.bool()
+        return base & self.synapses.mask if self.synapses is not None else base
+
+    @property
+    def pruned(self) -> bool:
+        """Whether any unit or allowed synapse of the layer is pruned."""
+        return not bool(self.neuron_mask.all()) or not bool(self.synapse_mask[self.connectivity.bool()].all())
+
+    def weight_mask(self, weight: Tensor) -> Tensor:
+        """0/1 mask of ``weight`` (pruned neurons' rows and pruned synapses), in the weight's dtype."""
+        mask = self.neuron_mask.view(-1, *([1] * (weight.dim() - 1))).expand(weight.shape)
+        if self.synapses is not None:
+            synapse = self.synapses.mask
+            if weight.dim() > 2:
+                synapse = synapse.view(*synapse.shape, *([1] * (weight.dim() - 2)))
+            mask = mask & synapse.expand(weight.shape)
+        return mask.to(weight.dtype).contiguous()
+
+    def time_keep(self) -> Tensor | None:
+        """0/1 ``[n_out, T]``: the (neuron, step) pairs still allowed to fire (``None`` without temporal pruning)."""
+        if self.time is None:
+            return None
+        return (self.time.mask & self.neuron_mask[:, None]).float()
+
+    @property
+    def weight(self) -> Tensor:
+        weight = self.module.weight
+        assert isinstance(weight, Tensor)
+        return weight
+
+    # -- reading the signals ---------------------------------------------------------
     def pre_rows(self, x: Tensor) -> Tensor:
         """The layer's input as ``[rows, n_in]``: one row per (time step, sample), time-major.
 
@@ -62,7 +156,7 @@ class LayerState:
         x = x.detach()
         if self.link.kind == "linear":
             return x.reshape(-1, x.shape[-1])
-        if x.dim() == self.module.weight.dim() + 1:
+        if x.dim() == self.weight.dim() + 1:
             x = x.flatten(0, 1)
         return reduce_spatial(x, channel_dim=1)
 
@@ -79,56 +173,102 @@ class LayerState:
             return output.reshape(1, -1, output.shape[-1])
         return reduce_spatial(output, channel_dim=1).unsqueeze(0)
 
-    @property
-    def neuron_mask(self) -> Tensor:
+    # -- the survival update -----------------------------------------------------------
+    def importance(self, window: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The importance of a window of (rank-summed) statistics, over the synapses that still exist."""
+        return window_importance(window, self.synapse_mask.float(), self.config.normalize_spine_factors,
+                                 self.removed_units)
+
+    def update(self, importance: Mapping[str, Tensor], epoch: int, keep_at_least: int) -> None:
+        """Eqs. (9)-(11) for every kind of unit of the layer, with the importance of ``epoch``."""
         if self.neurons is not None:
-            return self.neurons.mask
-        return torch.ones(self.n_out, dtype=torch.bool, device=self.connectivity.device)
+            self.neurons.step(importance["neuron"], epoch, keep_at_least, self.removed_units)
+        if self.synapses is not None:
+            allowed = self.connectivity.bool()
+            synapse = importance["synapse"]
+            synapse = torch.where(allowed, synapse, synapse[allowed].min())
+            self.synapses.step(synapse, epoch, keep_at_least, self.removed_synapses)
+        if "time" in importance:
+            steps = importance["time"].shape[1]
+            if self.time is None:
+                self.time = self.config.survival_state((self.n_out, steps), "time", self.link.kind,
+                                                       self.connectivity.device)
+            self.time.step(importance["time"], epoch, keep_at_least, self.removed_units * steps)
 
-    @property
-    def synapse_mask(self) -> Tensor:
-        base = self.connectivity.bool()
-        return base & self.synapses.mask if self.synapses is not None else base
+    # -- shrinking ---------------------------------------------------------------------
+    def select(self, module: nn.Module, kept: KeptIndices | None) -> None:
+        """Slice statistics, survival values and masks to the units ``module`` kept after a shrink."""
+        n_out, n_in = layer_size(module)
+        out = kept.out if kept is not None and n_out != self.n_out else None
+        inp = kept.inp if kept is not None and n_in != self.n_in else None
+        if (n_out != self.n_out and (out is None or out.numel() != n_out)) or \
+                (n_in != self.n_in and (inp is None or inp.numel() != n_in)):
+            raise ShapeError(f"cannot map DPAP's state of {self.link.name!r} onto its shrunk layer")
+        self.stats.select(out, inp)
+        for state in (self.neurons, self.synapses):
+            if state is not None:
+                state.select(out, inp)
+        if self.time is not None:
+            self.time.select(out)
+        self.module = module
+        self.connectivity = group_connectivity(module, n_out, n_in).to(self.connectivity.device)
 
-    def shrink_to(self, module: nn.Module, kept: KeptIndices | None) -> None:
-        """Slice the statistics, survival values and masks to the units ``module`` kept after a shrink."""
-        layer = self
-        n_out, n_in = (module.out_features, module.in_features) if layer.link.kind == "linear" \
-            else (module.out_channels, module.in_channels)
-        out = kept.out if kept is not None and n_out != layer.n_out else None
-        inp = kept.inp if kept is not None and n_in != layer.n_in else None
-        if (n_out != layer.n_out and (out is None or out.numel() != n_out)) or \
-                (n_in != layer.n_in and (inp is None or inp.numel() != n_in)):
-            raise ShapeError(f"cannot map DPAP's state of {layer.link.name!r} onto its shrunk layer")
+    # -- reporting and persistence -------------------------------------------------------
+    def summary(self, weight_mask: Tensor | None, weight_total: int) -> dict[str, int]:
+        """Kept / total neurons (channels), synapses, weights and (temporal) steps."""
+        allowed = self.connectivity.bool()
+        out = {
+            "neurons_kept": int(self.neuron_mask.sum()),
+            "neurons_total": self.n_out,
+            "synapses_kept": int((self.synapse_mask & self.neuron_mask[:, None])[allowed].sum()),
+            "synapses_total": int(allowed.sum()),
+            "weights_kept": int(weight_mask.count_nonzero()) if weight_mask is not None else weight_total,
+            "weights_total": weight_total,
+        }
+        if self.time is not None:
+            alive = self.neuron_mask[:, None].expand_as(self.time.mask)
+            out["steps_kept"] = int((self.time.mask & alive).sum())
+            out["steps_total"] = int(alive.sum())
+        return out
 
-        def cut(t: Tensor, dims: tuple[int, ...]) -> Tensor:
-            for dim, index in zip(dims, (out, inp)):
-                if index is not None:
-                    t = t.index_select(dim, index.to(t.device))
-            return t.clone()
+    def survival_values(self) -> dict[str, Tensor]:
+        """The survival values ``F`` of the layer's units and synapses (those that are pruned)."""
+        return {kind: state.value for kind, state in (("units", self.neurons), ("synapses", self.synapses))
+                if state is not None}
 
-        stats = layer.stats
-        stats.theta, stats.trace = cut(stats.theta, (0,)), cut(stats.trace, (0,))
-        stats.bcm = cut(stats.bcm, (0, 1))
-        if stats.time is not None:
-            stats.time = cut(stats.time, (1,))
-        stats.n_out, stats.n_in = n_out, n_in
-        if layer.neurons is not None:
-            layer.neurons.value, layer.neurons.mask = cut(layer.neurons.value, (0,)), cut(layer.neurons.mask, (0,))
-        if layer.synapses is not None:
-            layer.synapses.value = cut(layer.synapses.value, (0, 1))
-            layer.synapses.mask = cut(layer.synapses.mask, (0, 1))
-        if layer.time is not None:
-            layer.time.value, layer.time.mask = cut(layer.time.value, (0,)), cut(layer.time.mask, (0,))
-        layer.module, layer.n_out, layer.n_in = module, n_out, n_in
-        layer.connectivity = group_connectivity(module, n_out, n_in).to(layer.connectivity.device)
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "stats": self.stats.state_dict(),
+            "neurons": None if self.neurons is None else self.neurons.state_dict(),
+            "synapses": None if self.synapses is None else self.synapses.state_dict(),
+            "time": None if self.time is None else self.time.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], temporal: bool) -> None:
+        name = self.link.name
+        self.stats.load_state_dict(state["stats"])
+        for key in ("neurons", "synapses"):
+            survival = getattr(self, key)
+            if (survival is None) != (state.get(key) is None):
+                raise ConfigError(f"DPAP state of {name!r}: {key} pruning differs from this pruner's preset")
+            if survival is not None:
+                survival.load_state_dict(state[key])
+        saved_time = state.get("time")
+        if saved_time is not None:
+            if not temporal:
+                raise ConfigError(f"DPAP state of {name!r} has temporal masks but this pruner has temporal=False")
+            self.time = self.config.survival_state(tuple(saved_time["value"].shape), "time", self.link.kind,
+                                                   self.connectivity.device)
+            self.time.load_state_dict(saved_time)
 
 
-def group_connectivity(module: nn.Module, n_out: int, n_in: int) -> Tensor:
-    """0/1 ``[n_out, n_in]``: the synapses a (grouped) conv or a linear layer has."""
-    groups = getattr(module, "groups", 1)
-    if groups == 1:
-        return torch.ones(n_out, n_in)
-    out_group = torch.arange(n_out) // (n_out // groups)
-    in_group = torch.arange(n_in) // (n_in // groups)
-    return (out_group[:, None] == in_group[None, :]).float()
+def neuron_time_masks(layers: Iterable[LayerState]) -> dict[str, Tensor]:
+    """``{neuron module: [C, T] 0/1}``: the steps each neuron may fire at; a neuron fed by several layers keeps
+    a (channel, step) pair that any of them keeps."""
+    keep: dict[str, Tensor] = {}
+    for layer in layers:
+        mask, name = layer.time_keep(), layer.link.neuron
+        if mask is None or name is None:
+            continue
+        keep[name] = torch.maximum(keep[name], mask) if name in keep and keep[name].shape == mask.shape else mask
+    return keep

@@ -16,6 +16,7 @@ __all__ = [
     "SpeedupError",
     "DataError",
     "CheckpointError",
+    "TrainingError",
 ]
 
 
@@ -49,3 +50,7 @@ class DataError(DPAPError, FileNotFoundError):
 
 class CheckpointError(DPAPError):
     """A checkpoint is corrupt, incomplete or does not match the run being resumed."""
+
+
+class TrainingError(DPAPError):
+    """Training went wrong in a way DPAP cannot prune through (e.g. it diverged to NaN)."""

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ._validate import check_float, check_int
 from .errors import ConfigError
 from .policy import DPAPConfig
 
@@ -52,12 +53,14 @@ def _numbers(name: str, value: Any, count: int | None = None) -> list[float]:
     return [float(v) for v in value]
 
 
-def load_search_space(path: str | Path, spiking: bool = True) -> dict[str, Any]:
+def load_search_space(path: str | Path, spiking: bool = True, settings: Mapping[str, Any] | None = None
+                      ) -> dict[str, Any]:
     """Read and check an NNI search space over DPAP's flat hyper-parameter names.
 
     Every name must be one of :meth:`DPAPConfig.flat_keys`, every entry an NNI
-    distribution with a valid range, and every value one DPAP accepts (checked by
-    building the configuration at the range's bounds).
+    distribution with a valid range, and every value one DPAP accepts: the configuration
+    a trial would run (:func:`nni_dpap.run.dpap_settings` of ``settings`` with the
+    proposed values) is built at the range's bounds.
 
     Raises
     ------
@@ -99,11 +102,12 @@ def load_search_space(path: str | Path, spiking: bool = True) -> dict[str, Any]:
         if kind in ("normal", "qnormal", "lognormal", "qlognormal"):
             continue  # unbounded: checked when a trial builds its configuration
         corners[0][name], corners[1][name] = bounds[0], bounds[1] - (1 if kind == "randint" else 0)
-    from .cli import SHORT_RUN_HPARAMS
+    from .run import DEFAULTS, dpap_settings
 
+    base = {**DEFAULTS, **(settings or {})}
     for corner in corners:
         try:
-            DPAPConfig().with_params({**SHORT_RUN_HPARAMS, **corner})
+            dpap_settings({**base, "hparams": {**(base["hparams"] or {}), **corner}})
         except ConfigError as exc:
             raise ConfigError(f"search space {path}: DPAP rejects the values {corner}: {exc}") from exc
     return space
@@ -121,7 +125,7 @@ def trial_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of one trial: ``python -m nni_dpap.hpo trial '<json>'``."""
     import nni
 
-    from .cli import PRUNE_DEFAULTS, run_prune
+    from .run import prune, resolve_settings
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2 or args[0] != "trial":
@@ -132,9 +136,9 @@ def trial_main(argv: Sequence[str] | None = None) -> int:
     trial_id = nni.get_trial_id() if hasattr(nni, "get_trial_id") else os.environ.get("NNI_TRIAL_JOB_ID", "local")
     logdir = Path(settings.pop("root")) / "trials" / str(trial_id)
     weight = float(settings.pop("weight"))
-    config = {**PRUNE_DEFAULTS, **settings, "hparams": params, "logdir": str(logdir),
-              "checkpoint": str(logdir / "checkpoint.pt"), "no_progress": True}
-    metrics = run_prune(config, on_epoch=lambda record: nni.report_intermediate_result(record["accuracy"]))
+    config = resolve_settings({**settings, "hparams": params, "logdir": str(logdir),
+                               "checkpoint": str(logdir / "checkpoint.pt"), "no_progress": True})
+    metrics = prune(config, on_epoch=lambda record: nni.report_intermediate_result(record["accuracy"]))
     result = {"default": objective(metrics, weight), "accuracy": metrics["accuracy"],
               "sparsity": 1.0 - metrics["params_kept"], "flops_kept": metrics["flops_kept"],
               "energy_ratio": metrics["energy_ratio"]}
@@ -186,21 +190,25 @@ def run_experiment(
     """
     from nni.experiment import Experiment
 
+    from .data import load_data
     from .models import model_spec
+    from .run import resolve_settings
 
     tuner_name = TUNERS.get(str(tuner).lower())
     if tuner_name is None:
         raise ConfigError(f"unknown tuner {tuner!r}; choose one of {sorted(TUNERS.values())}")
-    for name, value in (("trials", trials), ("concurrency", concurrency), ("epochs", epochs)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    for name, value in (("trials", trials), ("concurrency", concurrency)):
+        check_int(name, value)
+    check_float("weight", weight)
+    trial = {"model": model, "data": data, "data_dir": data_dir, "epochs": epochs, "T": T, "batch_size": batch_size,
+             "seed": seed, "device": "cuda" if gpus else "cpu"}
+    resolved = resolve_settings({**trial, "logdir": str(output)})  # every trial's settings, checked once here
     spec = model_spec(model)
-    search_space = load_search_space(space, spec.spiking)
+    search_space = load_search_space(space, spec.spiking, resolved)
+    load_data(data, data_dir, T=T or spec.T or 10)  # the data is there, before any trial starts
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    settings = {"model": model, "data": data, "data_dir": data_dir, "epochs": epochs, "T": T,
-                "batch_size": batch_size, "seed": seed, "device": "cuda" if gpus else "cpu",
-                "root": str(output), "weight": weight}
+    settings = {**trial, "root": str(output), "weight": weight}
     command = f"{shlex.quote(sys.executable)} -m nni_dpap.hpo trial {shlex.quote(json.dumps(settings))}"
 
     experiment = Experiment("local")

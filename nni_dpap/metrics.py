@@ -30,7 +30,23 @@ from .plasticity import (
     timestep_importance,
 )
 
-__all__ = ["LayerStatistics"]
+__all__ = ["LayerStatistics", "window_importance"]
+
+
+def window_importance(window: Mapping[str, Tensor], connectivity: Tensor | None = None,
+                      normalize_factors: bool = False, extra_zeros: int = 0) -> dict[str, Tensor]:
+    """Importance of one accumulation window (``{'bcm', 'trace'[, 'time']}`` sums).
+
+    ``'synapse'``: BCM (Eq. 6); ``'neuron'``: D (Eq. 7) over the synapses in
+    ``connectivity``; ``'time'``: Eq. (8) as ``[N_out, T]``.
+    """
+    out = {
+        "synapse": window["bcm"].clone(),
+        "neuron": developmental_value(window["bcm"], window["trace"], connectivity, normalize_factors, extra_zeros),
+    }
+    if window.get("time") is not None:
+        out["time"] = window["time"].t().clone()
+    return out
 
 
 class LayerStatistics:
@@ -137,17 +153,33 @@ class LayerStatistics:
             self.time += contribution
 
     # -- reading -----------------------------------------------------------------------
+    def window(self, reduce: Callable[[Tensor], Tensor] = lambda t: t.clone()) -> dict[str, Tensor]:
+        """The sums of this window (``'bcm'``, ``'trace'`` and ``'time'`` ``[T, N_out]``), each through ``reduce``
+        (e.g. a sum over data-parallel ranks)."""
+        out = {"bcm": reduce(self.bcm), "trace": reduce(self.trace)}
+        if self.time is not None:
+            out["time"] = reduce(self.time)
+        return out
+
     def importance(
         self, connectivity: Tensor | None = None, normalize_factors: bool = False, extra_zeros: int = 0
     ) -> dict[str, Tensor]:
-        """Importance of this window: ``'synapse'`` (BCM, Eq. 6), ``'neuron'`` (D, Eq. 7), ``'time'`` (Eq. 8)."""
-        out = {
-            "synapse": self.bcm.clone(),
-            "neuron": developmental_value(self.bcm, self.trace, connectivity, normalize_factors, extra_zeros),
-        }
-        if self.time is not None:
-            out["time"] = self.time.clone()
-        return out
+        """Importance of this window: ``'synapse'`` (BCM, Eq. 6), ``'neuron'`` (D, Eq. 7), ``'time'`` (Eq. 8,
+        ``[N_out, T]``)."""
+        return window_importance(self.window(), connectivity, normalize_factors, extra_zeros)
+
+    def select(self, out: Tensor | None, inp: Tensor | None = None) -> None:
+        """Keep only the postsynaptic units ``out`` and presynaptic units ``inp`` (after a physical shrink)."""
+        if out is not None:
+            out = out.to(self.theta.device)
+            self.theta, self.trace = self.theta[out].clone(), self.trace[out].clone()
+            self.bcm = self.bcm[out].clone()
+            if self.time is not None:
+                self.time = self.time[:, out].clone()
+            self.n_out = int(out.numel())
+        if inp is not None:
+            self.bcm = self.bcm[:, inp.to(self.bcm.device)].clone()
+            self.n_in = int(inp.numel())
 
     def end_epoch(self) -> None:
         """Start a new accumulation window (a no-op for cumulative accumulation)."""

@@ -79,7 +79,7 @@ def spike_trace(x: Tensor, tau: float = 0.5, initial: Tensor | None = None) -> T
     if steps == 1 and initial is None:
         return x[0].clone()
     weights = tau ** torch.arange(steps - 1, -1, -1, dtype=x.dtype, device=x.device)
-    trace = torch.tensordot(weights, x, dims=1)
+    trace: Tensor = torch.tensordot(weights, x, dims=1)
     if initial is not None:
         trace = trace + tau ** steps * initial.float()
     return trace

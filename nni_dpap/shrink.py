@@ -15,9 +15,9 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from .speedup import KeptIndices
+from .slicing import KeptIndices, slice_to
 
-__all__ = ["slice_to", "remap_optimizer", "module_of"]
+__all__ = ["remap_optimizer", "module_of"]
 
 _logger = logging.getLogger(__name__)
 
@@ -26,21 +26,6 @@ def module_of(param_name: str) -> str:
     """The module that owns ``param_name``, seen through NNI wrappers (``conv._nni_wrapper.weight`` -> ``conv``)."""
     owner = param_name.rpartition(".")[0]
     return owner[: -len("._nni_wrapper")] if owner.endswith("._nni_wrapper") else owner
-
-
-def slice_to(tensor: Tensor, kept: KeptIndices | None, shape: torch.Size | tuple[int, ...]) -> Tensor | None:
-    """Slice ``tensor`` (shaped like an old parameter) to ``shape``: kept outputs on dim 0, inputs on dim 1.
-
-    Returns ``None`` when the kept indices do not explain the new shape.
-    """
-    out = tensor
-    for dim, index in ((0, kept.out if kept else None), (1, kept.inp if kept else None)):
-        if out.dim() <= dim or out.shape[dim] == shape[dim]:
-            continue
-        if index is None or index.numel() != shape[dim]:
-            return None
-        out = out.index_select(dim, index.to(out.device))
-    return out if tuple(out.shape) == tuple(shape) else None
 
 
 @torch.no_grad()
@@ -97,3 +82,4 @@ def remap_optimizer(
     if reset:
         _logger.warning("optimizer state of %s could not be sliced and starts afresh", ", ".join(reset))
     return reset
+

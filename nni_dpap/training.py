@@ -86,15 +86,17 @@ def make_training_func(
         **kwargs: Any,
     ) -> None:
         optimizer = optimizers[0] if isinstance(optimizers, (list, tuple)) else optimizers
-        schedulers = lr_schedulers if isinstance(lr_schedulers, (list, tuple)) else (
+        schedulers: list[Any] = list(lr_schedulers) if isinstance(lr_schedulers, (list, tuple)) else (
             [lr_schedulers] if lr_schedulers is not None else [])
+        per_epoch = len(train_loader)  # type: ignore[arg-type]
         epochs = max_epochs if max_epochs is not None else (
-            -(-max_steps // len(train_loader)) if max_steps is not None else default_epochs)  # type: ignore[arg-type]
-        total = min(max_steps, epochs * len(train_loader)) if max_steps is not None else epochs * len(train_loader)  # type: ignore[arg-type]
+            -(-max_steps // per_epoch) if max_steps is not None else default_epochs)
+        total = min(max_steps, epochs * per_epoch) if max_steps is not None else epochs * per_epoch
         if on_train_start is not None:
             on_train_start(model, optimizer, schedulers)
         step = 0
-        bar = tqdm(total=total, desc="train", unit="step", disable=not progress, leave=False)
+        # disable=None: tqdm stays silent off a terminal (``make demo > log`` gets no 100 KB line of bar updates)
+        bar = tqdm(total=total, desc="train", unit="step", disable=None if progress else True, leave=False)
         try:
             for epoch in range(epochs):
                 model.train()
@@ -106,8 +108,9 @@ def make_training_func(
                     optimizer.step()
                     step += 1
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
-                    if max_steps is not None and step >= max_steps and index + 1 < len(train_loader):
+                    if not bar.disable and step % 20 == 0:  # reading the loss waits for the device: not every step
+                        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+                    if max_steps is not None and step >= max_steps and index + 1 < per_epoch:
                         return  # stopped inside an epoch: no epoch-end work
                 for scheduler in schedulers:
                     scheduler.step()

@@ -53,9 +53,12 @@ class TinyANN(nn.Module):
         return self.fc2(self.relu2(self.fc1(torch.flatten(x, 1))))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def digits():
-    """(train_loader, test_loader) over scikit-learn's digits, batch 64, seed 0."""
+    """(train_loader, test_loader) over scikit-learn's digits, batch 64, seed 0.
+
+    Built anew for every test, so that a test sees the same batches whatever ran before it.
+    """
     return digits_loaders(batch_size=64, seed=0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -11,11 +12,12 @@ import torch
 from nni.compression import TorchEvaluator
 from torch import nn
 
-from nni_dpap import DPAPPruner
+from helpers import assert_same_spiking_function, spiking_run
+
+from nni_dpap import DPAPPruner, auto_reset
 from nni_dpap.adapters import find_adapter, require
 from nni_dpap.errors import ConfigError
 from nni_dpap.plasticity import spike_trace
-from nni_dpap.snn import auto_reset
 from nni_dpap.speedup import speedup
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func
 
@@ -78,7 +80,7 @@ def _traces_match_emitted_spikes(model, neuron_name, layer_name, digits, to_step
                                nni.trace(torch.optim.SGD)(model.parameters(), lr=0.0), classification_step)
     pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=1, steps_per_epoch=10)
     pruner.compress()
-    stats = pruner._layers[layer_name].stats
+    stats = pruner.layer_states[layer_name].stats
     spikes = to_steps(emitted)  # [T, B, C, ...]
     expected = spike_trace(spikes, 0.5).sum(0)
     assert stats.num_batches == 1 and torch.allclose(stats.trace, expected)
@@ -127,6 +129,127 @@ def test_spikingjelly_pruned_end_to_end_and_shrunk(digits):
     assert torch.allclose(out, reference, atol=1e-5)
     for hook in hooks:
         hook.remove()
+
+
+def _sj_tutorial_csnn(T: int = 4):
+    """Written as SpikingJelly's own tutorials write it: step layers in multi-step mode, the time dim made by
+    ``x.unsqueeze(0).repeat(T, ...)`` in forward and averaged away with ``.mean(0)``."""
+    pytest.importorskip("spikingjelly", reason="needs the spikingjelly extra")
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+
+    class CSNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.T = T
+            self.conv_fc = nn.Sequential(
+                layer.Conv2d(1, 8, 3, padding=1, bias=False), layer.BatchNorm2d(8),
+                neuron.LIFNode(surrogate_function=surrogate.ATan()), layer.MaxPool2d(2, 2),
+                layer.Conv2d(8, 16, 3, padding=1, bias=False), layer.BatchNorm2d(16),
+                neuron.LIFNode(surrogate_function=surrogate.ATan()), layer.MaxPool2d(2, 2),
+                layer.Flatten(), layer.Linear(16 * 2 * 2, 64, bias=False), neuron.LIFNode(surrogate_function=surrogate.ATan()),
+                layer.Linear(64, 10, bias=False))
+            functional.set_step_mode(self, step_mode="m")
+
+        def forward(self, x):
+            x_seq = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)  # [N, C, H, W] -> [T, N, C, H, W]
+            return self.conv_fc(x_seq).mean(0)
+
+    torch.manual_seed(0)
+    return CSNN()
+
+
+def test_spikingjelly_tutorial_style_multi_step_model_is_pruned_and_shrunk(digits):
+    model = _sj_tutorial_csnn()
+    evaluator = TorchEvaluator(make_training_func(digits[0], progress=False),
+                               nni.trace(torch.optim.Adam)(model.parameters(), lr=3e-3), classification_step)
+    pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=4,
+                        steps_per_epoch=len(digits[0]), hparams={**HP, "conv_eps": 1.3, "linear_eps": 1.6})
+    model, masks = pruner.compress()
+    pruner.unwrap_model()
+    kept = {name: s["neurons_kept"] for name, s in pruner.summary().items()}
+    assert kept["conv_fc.0"] < 8 and kept["conv_fc.9"] < 64
+    x = next(iter(digits[1]))[0]
+    reference = spiking_run(model, x)
+    assert all(count > 0 for count in reference[1])
+    speedup(model, x[:4], masks)
+    net = model.conv_fc
+    assert (net[0].out_channels, net[1].num_features, net[4].in_channels) == (kept["conv_fc.0"],) * 3
+    assert (net[4].out_channels, net[5].num_features) == (kept["conv_fc.4"],) * 2
+    assert net[9].in_features == kept["conv_fc.4"] * 4 and net[9].out_features == net[11].in_features
+    assert all(m.step_mode == "m" for m in net) and type(net[0]).__module__.startswith("spikingjelly")
+    assert_same_spiking_function(reference, model, x)
+    assert evaluate_accuracy(model, digits[1]) > 0.5
+
+
+def test_spikingjelly_time_major_input_is_shrunk():
+    """A multi-step model fed [T, N, C, H, W] directly (event frames)."""
+    pytest.importorskip("spikingjelly", reason="needs the spikingjelly extra")
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(0)
+    model = nn.Sequential(layer.Conv2d(2, 6, 3, padding=1), neuron.LIFNode(v_threshold=0.3), layer.Flatten(),
+                          layer.Linear(6 * 16, 5))
+    functional.set_step_mode(model, "m")
+    masks = {"0": {"weight": torch.ones(6, 2, 3, 3), "bias": torch.ones(6)}}
+    masks["0"]["weight"][[1, 4]] = 0
+    masks["0"]["bias"][[1, 4]] = 0
+    x = torch.rand(3, 8, 2, 4, 4) * 4  # T = 3, N = 8
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        masked[0].weight.mul_(masks["0"]["weight"])
+        masked[0].bias.mul_(masks["0"]["bias"])
+    reference = spiking_run(masked, x)
+    assert sum(reference[1]) > 0  # the neurons fire
+    speedup(model, x[:, :2], masks)
+    assert model[0].out_channels == 4 and model[3].in_features == 4 * 16
+    assert_same_spiking_function(reference, model, x)
+
+
+def _snntorch_conv_net():
+    """snnTorch's tutorial style: a loop over time with (spk, mem) neurons, spikes stacked over time."""
+    snn = pytest.importorskip("snntorch", reason="needs the snntorch extra")
+    import torch.nn.functional as F
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.lif1 = nn.Conv2d(1, 8, 3, padding=1), snn.Leaky(beta=0.5, threshold=0.5)
+            self.conv2, self.lif2 = nn.Conv2d(8, 16, 3, padding=1), snn.Leaky(beta=0.5, threshold=0.5)
+            self.fc1, self.lif3 = nn.Linear(16 * 2 * 2, 10), snn.Leaky(beta=0.5, threshold=0.5)
+
+        def forward(self, x):
+            mem1, mem2, mem3 = self.lif1.init_leaky(), self.lif2.init_leaky(), self.lif3.init_leaky()
+            spikes = []
+            for _ in range(3):
+                spk1, mem1 = self.lif1(F.max_pool2d(self.conv1(x), 2), mem1)
+                spk2, mem2 = self.lif2(F.max_pool2d(self.conv2(spk1), 2), mem2)
+                spk3, mem3 = self.lif3(self.fc1(spk2.flatten(1)), mem3)
+                spikes.append(spk3)
+            return torch.stack(spikes).sum(0)
+
+    torch.manual_seed(0)
+    return Net()
+
+
+def test_snntorch_model_is_shrunk():
+    model = _snntorch_conv_net().eval()
+    masks = {"conv1": {"weight": torch.ones(8, 1, 3, 3), "bias": torch.ones(8)},
+             "conv2": {"weight": torch.ones(16, 8, 3, 3), "bias": torch.ones(16)}}
+    for name, drop in (("conv1", [1, 3]), ("conv2", [0, 5, 6])):
+        masks[name]["weight"][drop] = 0
+        masks[name]["bias"][drop] = 0
+    x = torch.rand(8, 1, 8, 8) * 3
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, targets in masks.items():
+            for target, mask in targets.items():
+                getattr(masked.get_submodule(name), target).mul_(mask)
+    reference = spiking_run(masked, x)  # snnTorch's spike_grad is a function, no hook: exact spikes demanded
+    assert sum(reference[1]) > 0
+    speedup(model, x[:2], masks)
+    assert (model.conv1.out_channels, model.conv2.in_channels, model.conv2.out_channels) == (6, 6, 13)
+    assert model.fc1.in_features == 13 * 4
+    assert_same_spiking_function(reference, model, x)
 
 
 def test_snntorch_pruned_end_to_end_in_space_and_time(digits):

@@ -23,3 +23,22 @@ def test_benchmark_script_quick_run(tmp_path, script, name):
     data = json.loads((tmp_path / f"{name}.json").read_text())
     assert data["meta"]["quick"] is True and data["meta"]["benchmark"] == name
     assert (tmp_path / f"{name}.md").read_text().count("|") > 10
+
+
+@pytest.mark.slow
+def test_frontier_quick_run(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_frontier.py"), "--quick", "--nets",
+                           "digits_ann", "--seeds", "0", "--results-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads((tmp_path / "frontier_quick.json").read_text())
+    methods = {r["method"] for r in records}
+    assert {"dense", "dpap_default", "l1_finetune", "taylor", "movement"} <= methods
+    for record in records:
+        assert set(record) >= {"net", "method", "point", "seed", "params_removed", "accuracy"}
+        assert record["net"] == "digits_ann" and 0.0 <= record["params_removed"] < 1.0
+    for point in {r["point"] for r in records if r["method"] == "l1_finetune"}:  # matched layer by layer
+        dpap = next(r for r in records if r["method"] == f"dpap_{point}")
+        l1 = next(r for r in records if r["method"] == "l1_finetune" and r["point"] == point)
+        assert abs(dpap["params_removed"] - l1["params_removed"]) < 0.01
+    assert (tmp_path / "frontier_quick.png").stat().st_size > 10_000

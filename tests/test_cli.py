@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,60 @@ def test_bad_input(tmp_path, capsys):
     assert "no model file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--lr", "-1"], "lr must be a number > 0, got -1.0"),
+    (["--weight-decay", "-1"], "weight_decay must be a number >= 0"),
+    (["--num-workers", "-1"], "num_workers must be an int >= 0"),
+    (["--device", "gpu"], "device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+    (["--hparams", '{"conv_beta": -1}'], r"beta \(initial survival\) must be a number > 0"),
+    (["--hparams", '{"strict_positive": "false"}'], "strict_positive must be true or false"),
+])
+def test_bad_values_are_one_clear_line(args, message, tmp_path, capsys):
+    assert _run(["prune", "--logdir", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing was written
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--hparams", "[0.8]"], "must be a JSON object"),
+    (["--hparams", "{conv_eps: 1}"], "not valid JSON"),
+    (["--lr", "fast"], "invalid float value"),
+])
+def test_bad_flags_are_refused_by_the_parser(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _run(["prune", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_bad_config_value_and_logdir_that_is_a_file(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"lr": "fast"}))
+    assert _run(["prune", "--config", str(config)]) == 2
+    assert "lr must be a number > 0, got 'fast'" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert _run(["prune", "--logdir", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_finished_runs_and_artifacts_are_never_overwritten(finished_run, tmp_path, capsys):
+    before = {p.name: p.read_bytes() for p in finished_run.iterdir() if p.is_file()}
+    assert _run([*BASE, "--logdir", str(finished_run), "--checkpoint", str(tmp_path / "elsewhere.pt")]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert _run([*BASE, "--logdir", str(finished_run), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    model = finished_run / "model.pt"
+    assert _run(["speedup", str(model), "--output", str(model)]) == 2
+    assert "is the model file itself" in capsys.readouterr().err
+    assert _run(["report", str(model), "--json", str(finished_run / "metrics.json")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert _run(["report", str(finished_run / "config.json")]) == 2
+    assert "not a readable nni-dpap model file" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in finished_run.iterdir() if p.is_file()} == before
+    assert not (tmp_path / "elsewhere.pt").exists()
+
+
 def test_console_script_help():
     proc = subprocess.run([str(Path(sys.executable).parent / "nni-dpap"), "prune", "--help"], capture_output=True,
                           text=True, timeout=120)
@@ -127,7 +182,7 @@ def test_console_script_help():
 def test_prune_on_event_data(tmp_path):
     import numpy as np
 
-    from nni_dpap.events import EVENT_DTYPE, write_nmnist_bin
+    from nni_dpap.data.events import EVENT_DTYPE, write_nmnist_bin
 
     rng = np.random.default_rng(0)
     for split, n in (("Train", 4), ("Test", 2)):

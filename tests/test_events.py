@@ -8,7 +8,7 @@ import torch
 
 from nni_dpap.data import load_data, make_loaders
 from nni_dpap.errors import DataError
-from nni_dpap.events import (
+from nni_dpap.data.events import (
     EVENT_DTYPE, events_to_frames, read_aedat2, read_nmnist_bin, write_aedat2, write_nmnist_bin,
 )
 

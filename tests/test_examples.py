@@ -16,16 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_example_runs_and_reports(script, tmp_path):
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / script), "--epochs", "2", "--seeds", "0", "--no-progress",
+        [sys.executable, str(ROOT / "examples" / script), "--epochs", "5", "--seeds", "0", "--no-progress",
          "--json", str(out)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert "prunable params kept" in proc.stdout and "channels/neurons kept" in proc.stdout
     result = json.loads(out.read_text())
-    assert result["epochs"] == 2 and len(result["runs"]) == 1
+    assert result["epochs"] == 5 and len(result["runs"]) == 1
     run = result["runs"][0]
-    assert 0.0 < run["prunable_params_fraction"] <= 1.0 and 0.0 <= run["dpap_accuracy"] <= 1.0
+    assert 0.0 < run["prunable_params_fraction"] <= 1.0
+    assert run["dense_accuracy"] > 0.8 and run["dpap_accuracy"] > 0.8  # five epochs already learn the digits
     assert run["layers"]["fc2"]["pruned"] is False
 
 

@@ -74,7 +74,7 @@ def test_functional_activation_is_replayed():
     replayed = y
     for op in readout.tail:
         replayed = op(replayed)
-    assert torch.equal(replayed, F.relu(F.max_pool2d(y, 2)))
+    torch.testing.assert_close(replayed, F.relu(F.max_pool2d(y, 2)))
 
 
 def test_time_loop_with_single_step_neurons():

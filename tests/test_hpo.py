@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nni_dpap.errors import ConfigError
+from nni_dpap.errors import ConfigError, DataError
 from nni_dpap.hpo import _loopback_node_options, load_search_space, objective, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,12 +81,24 @@ def test_two_trial_experiment_offline(home):
     assert not _nni_processes(str(out)), "NNI processes left running"
 
 
-def test_failing_trials_are_reported_without_killing_the_experiment(home):
+def test_failing_trials_are_reported_without_killing_the_experiment(home, tmp_path):
     out = home / "failing"
-    rows = run_experiment(ROOT / "search_spaces" / "dpap_ann.json", trials=2, epochs=1, model="ann_lenet",
-                          data="mnist", output=out)  # no MNIST files: every trial fails
+    space = tmp_path / "negative.json"  # unbounded: not checked up front; every proposal is a negative eps
+    space.write_text('{"conv_eps": {"_type": "normal", "_value": [-5.0, 0.01]}}')
+    rows = run_experiment(space, trials=2, epochs=1, model="ann_lenet", output=out)
     assert [r["status"] for r in rows] == ["FAILED", "FAILED"] and all("default" not in r for r in rows)
     assert not _nni_processes(str(out))
+
+
+def test_bad_settings_and_missing_data_fail_before_any_trial(home):
+    space = ROOT / "search_spaces" / "dpap_snn.json"
+    with pytest.raises(ConfigError, match="unknown data set 'bogus'"):
+        run_experiment(space, trials=1, data="bogus", output=home / "never")
+    with pytest.raises(DataError, match="data_dir"):
+        run_experiment(space, trials=1, model="ann_lenet", data="mnist", output=home / "never")
+    with pytest.raises(ConfigError, match="epochs must be a positive int"):
+        run_experiment(space, trials=1, epochs=0, output=home / "never")
+    assert not (home / "never").exists()
 
 
 def test_unknown_hyper_parameter_is_rejected_before_any_trial(home, tmp_path):

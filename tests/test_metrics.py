@@ -5,7 +5,6 @@ import torch
 
 from nni_dpap.errors import ConfigError, ShapeError
 from nni_dpap.metrics import LayerStatistics
-from nni_dpap.plasticity import bcm_plasticity, developmental_value, spike_trace
 
 
 def _batch(seed: int, T: int = 3, B: int = 4, n_in: int = 5, n_out: int = 3):
@@ -13,23 +12,29 @@ def _batch(seed: int, T: int = 3, B: int = 4, n_in: int = 5, n_out: int = 3):
     return (torch.rand(T, B, n_in, generator=g) > 0.5).float(), (torch.rand(T, B, n_out, generator=g) > 0.6).float()
 
 
-def test_observe_accumulates_eq3_to_eq7():
-    stats = LayerStatistics(3, 5, tau=0.5)
-    theta = torch.zeros(3)
-    bcm = torch.zeros(3, 5)
-    trace = torch.zeros(3)
-    for i in range(3):
-        pre, post = _batch(i)
-        stats.observe(pre, post)
-        p, q = spike_trace(post, 0.5), spike_trace(pre, 0.5)
-        bcm += bcm_plasticity(q, p, theta)
-        theta = theta + (p.mean(0) - theta) / (i + 1)
-        trace += p.sum(0)
-    assert torch.allclose(stats.bcm, bcm) and torch.allclose(stats.theta, theta) and torch.allclose(stats.trace, trace)
-    imp = stats.importance()
-    assert torch.allclose(imp["neuron"], developmental_value(bcm, trace))
-    assert torch.allclose(imp["synapse"], bcm)
-    assert stats.num_batches == 3
+def test_observe_accumulates_eq3_to_eq7_hand_computed():
+    """Two batches, T = 2, one sample, 2 presynaptic and 2 postsynaptic units, tau = 0.5.
+
+    Traces (Eq. 1, S^T = 0.5 S^(T-1) + o^T):
+      batch 1: pre spikes (1,0),(1,1) -> S_pre = (1.5, 1);   post (1,0),(0,1) -> S_post = (0.5, 1)
+      batch 2: pre spikes (0,1),(0,0) -> S_pre = (0, 0.5);   post (1,1),(1,0) -> S_post = (1.5, 0.5)
+    BCM (Eq. 3) with theta = 0 for the first batch: S_post^2 x S_pre = [[0.25*1.5, 0.25*1], [1.5, 1]]
+      = [[0.375, 0.25], [1.5, 1]]
+    theta (Eqs. 4-5) after batch 1: (0.5, 1); batch 2: S_post (S_post - theta) = (1.5, -0.25)
+      -> [[0, 0.75], [0, -0.125]]; theta after batch 2 = (1, 0.75)
+    Window sums (Eq. 6): BCM = [[0.375, 1.0], [1.5, 0.875]]; post trace = (2, 1.5)
+    D (Eq. 7, raw product): spine sums (1.375, 2.375) x trace (2, 1.5) = (2.75, 3.5625)
+    """
+    stats = LayerStatistics(2, 2, tau=0.5)
+    stats.observe(torch.tensor([[[1.0, 0.0]], [[1.0, 1.0]]]), torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]]))
+    stats.observe(torch.tensor([[[0.0, 1.0]], [[0.0, 0.0]]]), torch.tensor([[[1.0, 1.0]], [[1.0, 0.0]]]))
+    torch.testing.assert_close(stats.bcm, torch.tensor([[0.375, 1.0], [1.5, 0.875]]))
+    torch.testing.assert_close(stats.theta, torch.tensor([1.0, 0.75]))
+    torch.testing.assert_close(stats.trace, torch.tensor([2.0, 1.5]))
+    importance = stats.importance()
+    torch.testing.assert_close(importance["neuron"], torch.tensor([2.75, 3.5625]))
+    torch.testing.assert_close(importance["synapse"], stats.bcm)
+    assert stats.num_batches == 2
 
 
 def test_chunked_commit_equals_whole_sequence():
@@ -65,9 +70,10 @@ def test_epoch_vs_cumulative_window_and_state_dict():
         stats.end_epoch()
     assert epoch.bcm.abs().sum() == 0 and epoch.trace.sum() == 0
     assert cumulative.trace.sum() > 0
-    assert torch.equal(epoch.theta, cumulative.theta)  # theta is always cumulative
+    torch.testing.assert_close(epoch.theta, cumulative.theta)  # theta is always cumulative
     clone = LayerStatistics(3, 5, accumulation="cumulative")
     clone.load_state_dict(cumulative.state_dict())
-    assert torch.equal(clone.bcm, cumulative.bcm) and clone.num_batches == 1
+    torch.testing.assert_close(clone.bcm, cumulative.bcm)
+    assert clone.num_batches == 1
     with pytest.raises(ConfigError, match="does not match"):
         LayerStatistics(4, 5).load_state_dict(cumulative.state_dict())

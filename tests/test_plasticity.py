@@ -41,7 +41,7 @@ def test_spike_trace_eq2_conv_sums_over_hw():
 
 def test_activation_trace_eq12_eq13():
     fc = torch.tensor([[0.0, 2.0], [1.0, 0.5]])
-    assert torch.equal(activation_trace(fc), fc)
+    torch.testing.assert_close(activation_trace(fc), fc)
     conv = torch.arange(8.0).view(1, 2, 2, 2)  # channel sums 0+1+2+3, 4+5+6+7
     assert activation_trace(conv).tolist() == [[6.0, 22.0]]
     assert reduce_spatial(torch.ones(2, 3, 4, 5)).tolist() == [[20.0] * 3] * 2

@@ -12,8 +12,8 @@ from nni_dpap import DPAPPruner
 from nni_dpap.data import digits_loaders
 from nni_dpap.errors import ConfigError
 from nni_dpap.report import layer_costs
-from nni_dpap.shrink import module_of, remap_optimizer, slice_to
-from nni_dpap.speedup import KeptIndices
+from nni_dpap.shrink import module_of, remap_optimizer
+from nni_dpap.slicing import KeptIndices
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func
 
 FAST = {"relative_schedule": True, "conv_eta": 0.3, "linear_eta": 0.3, "conv_start_epoch": 0.0,
@@ -47,15 +47,12 @@ def test_remap_optimizer_slices_state(make_optimizer):
         for key, value in optimizer.state[param].items():
             if torch.is_tensor(value) and value.dim() > 0:
                 expected = before[name][key][out][:, inp] if name == "weight" else before[name][key][out]
-                assert torch.equal(value, expected), (name, key)
+                torch.testing.assert_close(value, expected)
     new(torch.rand(5, 2)).pow(2).sum().backward()
     optimizer.step()  # the optimizer keeps working on the new parameters
 
 
-def test_slice_helpers():
-    t = torch.arange(12.0).view(3, 4)
-    assert slice_to(t, KeptIndices(torch.tensor([2]), torch.tensor([0, 3])), (1, 2)).tolist() == [[8.0, 11.0]]
-    assert slice_to(t, KeptIndices(None, None), (1, 4)) is None
+def test_module_of_sees_through_nni_wrappers():
     assert module_of("layer.conv._nni_wrapper.weight") == "layer.conv" and module_of("fc.bias") == "fc"
 
 

@@ -5,19 +5,17 @@ import torch
 from torch import nn
 
 from nni_dpap.errors import ConfigError, ShapeError
-from nni_dpap.snn import (
-    DirectEncoder, LIFNeuron, TimeAverage, auto_reset, fold_time, reset_net, set_step_mode, set_time_steps,
-    unfold_time,
-)
+from nni_dpap import auto_reset, reset_net
+from nni_dpap.snn import DirectEncoder, LIFNeuron, TimeAverage, fold_time, set_step_mode, set_time_steps, unfold_time
 
 
 def test_direct_encoder_time_major_layout():
     x = torch.arange(6.0).view(2, 3)  # B = 2
     y = DirectEncoder(3)(x)
     assert y.shape == (6, 3)
-    assert torch.equal(unfold_time(y, 3), x.expand(3, 2, 3))
-    assert torch.equal(fold_time(unfold_time(y, 3)), y)
-    assert torch.equal(TimeAverage(3)(y), x)
+    torch.testing.assert_close(unfold_time(y, 3), x.expand(3, 2, 3))
+    torch.testing.assert_close(fold_time(unfold_time(y, 3)), y)
+    torch.testing.assert_close(TimeAverage(3)(y), x)
 
 
 def test_time_average_and_errors():
@@ -46,7 +44,7 @@ def test_auto_reset_resets_state_at_every_forward():
     x = torch.rand(2, 3) * 4
     plain = LoopNet()
     first = plain(x)
-    assert not torch.equal(plain(x), first)  # without a reset the membrane carries over
+    assert float((plain(x) - first).abs().max()) > 0.5  # without a reset the membrane carries over
     with pytest.raises(ShapeError, match="reset the network"):
         plain(torch.rand(5, 3))
 
@@ -55,8 +53,8 @@ def test_auto_reset_resets_state_at_every_forward():
     auto_reset(net)
     auto_reset(net)  # idempotent
     assert len(net._forward_pre_hooks) == 1
-    assert torch.equal(net(x), first)
-    assert torch.equal(net(x), first)
+    torch.testing.assert_close(net(x), first)
+    torch.testing.assert_close(net(x), first)
     net(torch.rand(5, 3))  # another batch size works: the state was reset
 
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+
+import nni
 import pytest
 import torch
 import torchvision
+from helpers import assert_close, assert_same_spiking_function, spiking_run
+from nni.compression import TorchEvaluator
+from nni.compression.pruning import FPGMPruner, L1NormPruner, L2NormPruner, TaylorPruner
 from torch import Tensor, nn
 
-from nni_dpap import DPAPPruner
+import nni_dpap
+from nni_dpap import DPAPPruner, auto_reset
 from nni_dpap.errors import GraphError, SpeedupError
 from nni_dpap.graph import upstream_layers
 from nni_dpap.models import LeNetANN, SpikingConvNet
-from nni_dpap.snn import LIFNeuron, auto_reset
+from nni_dpap.snn import DirectEncoder, LIFNeuron, TimeAverage
 from nni_dpap.speedup import speedup
 
 FAST = {"relative_schedule": True, "conv_eta": 0.5, "linear_eta": 0.5, "conv_start_epoch": 0.0,
@@ -36,22 +44,28 @@ def channel_masks(model: nn.Module, drop: dict[str, list[int]], follow_bn: bool 
     return masks
 
 
-@torch.no_grad()
-def apply_masks(model: nn.Module, masks) -> None:
-    for name, targets in masks.items():
-        for target, mask in targets.items():
-            getattr(model.get_submodule(name), target).mul_(mask)
-
-
-def spike_counts(model: nn.Module, x: Tensor) -> list[float]:
-    counts: list[float] = []
-    handles = [m.register_forward_hook(lambda m, a, out: counts.append(float(out.sum())))
-               for m in model.modules() if isinstance(m, LIFNeuron)]
+def masked_copy(model: nn.Module, masks) -> nn.Module:
+    """What NNI's wrappers compute: the model with every mask multiplied into its target."""
+    other = copy.deepcopy(model)
     with torch.no_grad():
-        out = model(x)
-    for h in handles:
-        h.remove()
-    return counts + [float(out.abs().sum())]
+        for name, targets in masks.items():
+            for target, mask in targets.items():
+                if mask is not None:
+                    getattr(other.get_submodule(name), target).mul_(mask)
+    return other
+
+
+def randomize_norms(model: nn.Module) -> None:
+    """BatchNorm statistics and affine parameters away from their identity initialisation."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
 
 
 def expected_params(model: nn.Module, masks) -> int:
@@ -82,19 +96,17 @@ def test_digits_nets_equal_after_speedup(build):
     torch.manual_seed(0)
     model = build().eval()
     masks = channel_masks(model, {"conv1": [0, 3], "conv2": [1, 2, 5, 7], "fc1": list(range(0, 100, 3))})
-    masks["fc1"]["weight"][:, 5:9] = 0  # synapses: stay as zeros in the dense shrunk layer
-    apply_masks(model, masks)
+    masks["fc1"]["weight"][:, 1:3] = 0  # synapses (of the kept conv2 channel 0): stay as zeros in the shrunk layer
     x = torch.rand(32, 1, 8, 8)
-    reference, counts = model(x).detach(), spike_counts(model, x)
+    reference = spiking_run(masked_copy(model, masks), x)  # the weights themselves are not pre-masked
     params = expected_params(model, masks)
+    c1, c2, hidden = (20, 50, 500) if isinstance(model, LeNetANN) else (15, 40, 300)
     speedup(model, x[:4], masks)
-    assert model.conv1.out_channels == model.conv1.out_channels and model.conv2.in_channels == model.conv1.out_channels
-    assert (model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features) == (
-        model.conv1.weight.shape[0], model.conv2.weight.shape[0], 500 - 34 if isinstance(model, LeNetANN) else 300 - 34)
-    assert model.fc1.in_features == model.conv2.out_channels * 4
+    assert (model.conv1.out_channels, model.conv2.in_channels, model.conv2.out_channels) == (c1 - 2, c1 - 2, c2 - 4)
+    assert (model.fc1.in_features, model.fc1.out_features) == ((c2 - 4) * 4, hidden - 34)
     assert sum(p.numel() for p in model.parameters()) == params
-    assert torch.allclose(model(x), reference, atol=1e-5)
-    assert spike_counts(model, x) == pytest.approx(counts, abs=1e-4)
+    assert bool(model.fc1.weight[:, 1:3].eq(0).all())  # the pruned synapses of a kept neuron are zero
+    assert_same_spiking_function(reference, model, x)
     assert not model.training
 
 
@@ -105,7 +117,7 @@ def test_dpap_masks_of_a_trained_snn_with_bn(tiny_snn, make_evaluator, digits):
     pruner.unwrap_model()
     model.eval()
     x = next(iter(digits[1]))[0]
-    reference, counts = model(x).detach(), spike_counts(model, x)
+    reference = spiking_run(model, x)
     kept = pruner.summary()
     params = expected_params(model, masks)
     masks_before = {m: {t: v.clone() for t, v in d.items()} for m, d in masks.items()}
@@ -113,8 +125,7 @@ def test_dpap_masks_of_a_trained_snn_with_bn(tiny_snn, make_evaluator, digits):
     assert model.conv.out_channels == model.bn.num_features == kept["conv"]["neurons_kept"] < 8
     assert model.fc1.out_features == kept["fc1"]["neurons_kept"]
     assert sum(p.numel() for p in model.parameters()) == params
-    assert torch.equal(model(x), reference)
-    assert spike_counts(model, x) == counts
+    assert_same_spiking_function(reference, model, x)
     for m, d in masks.items():  # the caller's masks are not modified
         for t, v in d.items():
             assert torch.equal(v, masks_before[m][t])
@@ -135,13 +146,13 @@ def test_time_loop_model():
 
     torch.manual_seed(0)
     model = auto_reset(Loop()).eval()
+    randomize_norms(model)
     masks = channel_masks(model, {"conv": [1, 4], "fc1": [0, 5, 6]})
-    apply_masks(model, masks)
     x = torch.rand(8, 1, 8, 8) * 3
-    reference = model(x).detach()
+    reference = spiking_run(masked_copy(model, masks), x)
     speedup(model, x[:2], masks)
     assert (model.conv.out_channels, model.fc1.in_features, model.fc1.out_features) == (4, 4 * 64, 17)
-    assert torch.allclose(model(x), reference, atol=1e-6)
+    assert_same_spiking_function(reference, model, x)
 
 
 class SpikingBlock(nn.Module):
@@ -158,42 +169,112 @@ class SpikingBlock(nn.Module):
 
 def test_spiking_residual_block():
     torch.manual_seed(0)
-    from nni_dpap.snn import DirectEncoder, TimeAverage
-
     model = nn.Sequential(DirectEncoder(2), nn.Conv2d(1, 8, 3, padding=1), LIFNeuron(2), SpikingBlock(),
                           nn.Flatten(), nn.Linear(8 * 36, 4), TimeAverage(2)).eval()
     masks = channel_masks(model, {"3.conv1": [0, 2, 3], "3.conv2": [1, 5]})
-    apply_masks(model, masks)
     x = torch.rand(6, 1, 6, 6) * 4
-    reference = model(x).detach()
+    reference = spiking_run(masked_copy(model, masks), x)
     params_before = sum(p.numel() for p in model.parameters())
     speedup(model, x[:2], masks)
     assert model[3].conv1.out_channels == 5  # inside the block: removed
-    assert model[3].conv2.out_channels == 8  # joined by the add: kept (zeroed) as NNI's dependency rules require
+    assert model[3].conv2.out_channels == 8  # joined by the add: kept as NNI's dependency rules require...
+    assert bool(model[3].conv2.weight[[1, 5]].eq(0).all())  # ...with the masked weights zeroed by speedup
     # exactly what the masks imply under the add's rule: stem conv 8x1x3x3+8; block conv1 5x8x3x3+5, bn1 2x5;
     # block conv2 keeps 8 outputs (add) but reads 5 inputs: 8x5x3x3+8, bn2 2x8; linear 4x288+4
     implied = (72 + 8) + (5 * 8 * 9 + 5) + 2 * 5 + (8 * 5 * 9 + 8) + 2 * 8 + (4 * 288 + 4)
     assert sum(p.numel() for p in model.parameters()) == implied < params_before
-    assert torch.allclose(model(x), reference, atol=1e-5)
+    assert_same_spiking_function(reference, model, x)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
-def test_torchvision_residual_and_depthwise(name):
+def _taylor_masks(model: nn.Module, config: list[dict]) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(4, 3, 32, 32, generator=generator), torch.randint(0, 10, (4,), generator=generator))
+               for _ in range(3)]
+
+    def train(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
+        optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
+        model.train()
+        for step, batch in enumerate(batches * 2):
+            if max_steps is not None and step >= max_steps:
+                break
+            optimizer.zero_grad()
+            training_step(batch, model).backward()
+            optimizer.step()
+
+    evaluator = TorchEvaluator(train, nni.trace(torch.optim.SGD)(model.parameters(), lr=1e-3),
+                               lambda batch, m: nn.functional.cross_entropy(m(batch[0]), batch[1]))
+    pruner = TaylorPruner(model, config, evaluator, training_steps=3)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    return masks
+
+
+@pytest.mark.parametrize("pruner", ["l1", "l2", "fpgm", "taylor"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11_bn"])
+def test_nni_pruners_masks_on_unmasked_weights(name, pruner):
+    """NNI's contract: weights not zeroed plus masks; channels kept by an add must be zeroed by speedup."""
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    model = getattr(torchvision.models, name)(num_classes=10)
+    randomize_norms(model)
+    first = "conv1" if name == "resnet18" else "features.0" if name == "vgg11_bn" else "features.0.0"
+    config = [{"op_types": ["Conv2d"], "exclude_op_names": [first], "sparse_ratio": 0.5}]
+    if pruner == "taylor":
+        masks = _taylor_masks(model, config)
+    else:
+        cls = {"l1": L1NormPruner, "l2": L2NormPruner, "fpgm": FPGMPruner}[pruner]
+        nni_pruner = cls(model, config)
+        _, masks = nni_pruner.compress()
+        nni_pruner.unwrap_model()
+    model.eval()
+    masks = {m: dict(t) for m, t in masks.items()}
+    for conv in list(masks):  # mask the BatchNorm after each masked conv alike
+        names = [n for n, _ in model.named_modules()]
+        following = model.get_submodule(names[names.index(conv) + 1])
+        if isinstance(following, nn.BatchNorm2d):
+            channels = masks[conv]["weight"].flatten(1).ne(0).any(1).float()
+            masks[names[names.index(conv) + 1]] = {"weight": channels.clone(), "bias": channels.clone()}
+    assert any(bool(model.get_submodule(m).weight[t["weight"] == 0].ne(0).any()) for m, t in masks.items()
+               if "weight" in t)  # the weights really are not zeroed
+    x = torch.rand(2, 3, 32, 32)
+    reference = masked_copy(model, masks)(x)
+    params_before = sum(p.numel() for p in model.parameters())
+    speedup(model, x, masks)
+    assert sum(p.numel() for p in model.parameters()) < 0.8 * params_before
+    assert_close(model(x), reference)
+
+
+def test_an_unmasked_batchnorm_shift_is_reported(caplog):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 3))
+    randomize_norms(model)
+    model.eval()
+    masks = channel_masks(model, {"0": [1, 2]}, follow_bn=False)
+    with caplog.at_level(logging.WARNING, logger="nni_dpap.speedup"):
+        speedup(model, torch.rand(4, 1, 6, 6), masks)
+    assert "differs from the masked model" in caplog.text and "BatchNorm" in caplog.text
+    assert model[0].out_channels == 4
+    caplog.clear()
+    model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 3))
+    randomize_norms(model)
+    with caplog.at_level(logging.WARNING, logger="nni_dpap.speedup"):
+        speedup(model.eval(), torch.rand(4, 1, 6, 6), channel_masks(model, {"0": [1, 2]}))
+    assert "differs" not in caplog.text
+
+
+def test_torchvision_residual_and_depthwise_random_channels():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    randomize_norms(model)
     generator = torch.Generator().manual_seed(1)
-    drop = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and module_name not in ("conv1", "features.0.0"):
-            drop[module_name] = [i for i in range(1, module.out_channels) if torch.rand(1, generator=generator) < 0.3]
+    drop = {n: [i for i in range(1, m.out_channels) if torch.rand(1, generator=generator) < 0.3]
+            for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n != "conv1"}
     masks = channel_masks(model, drop)
-    apply_masks(model, masks)
     x = torch.rand(2, 3, 64, 64)
-    reference = model(x).detach()
+    reference = masked_copy(model, masks)(x)
     params_before = sum(p.numel() for p in model.parameters())
     speedup(model, x, masks)
     assert sum(p.numel() for p in model.parameters()) < 0.9 * params_before
-    assert torch.allclose(model(x), reference, atol=1e-5)
+    assert_close(model(x), reference)
 
 
 def test_per_channel_neuron_parameters_are_sliced():
@@ -205,26 +286,56 @@ def test_per_channel_neuron_parameters_are_sliced():
         def neuronal_charge(self, v, x):
             return super().neuronal_charge(v, x) + self.offset.view(1, -1, 1, 1)
 
-    from nni_dpap.snn import DirectEncoder, TimeAverage
-
     torch.manual_seed(0)
     model = nn.Sequential(DirectEncoder(2), nn.Conv2d(1, 6, 3, padding=1), BiasedLIF(6, 2), nn.Flatten(),
                           nn.Linear(6 * 16, 3), TimeAverage(2)).eval()
     masks = channel_masks(model, {"1": [0, 4]})
-    apply_masks(model, masks)
     x = torch.rand(4, 1, 4, 4)
     with torch.no_grad():
         model[2].offset[[0, 4]] = -5.0  # a removed channel must stay silent in the masked model too
-    reference = model(x).detach()
+    reference = spiking_run(masked_copy(model, masks), x)
     speedup(model, x[:2], masks)
-    assert model[2].offset.shape == (4,) and torch.allclose(model[2].offset, torch.linspace(0, 1, 6)[[1, 2, 3, 5]])
-    assert torch.allclose(model(x), reference, atol=1e-6)
+    assert model[2].offset.shape == (4,)
+    assert_close(model[2].offset.detach(), torch.linspace(0, 1, 6)[[1, 2, 3, 5]])
+    assert_same_spiking_function(reference, model, x)
+
+
+def test_the_module_is_callable():
+    model = LeNetANN(1, 8, 10).eval()
+    masks = channel_masks(model, {"conv1": [0]})
+    assert nni_dpap.speedup(model, torch.rand(2, 1, 8, 8), masks) is model and model.conv1.out_channels == 19
+    assert nni_dpap.speedup.speedup is speedup
 
 
 def test_clear_errors():
     model = LeNetANN(1, 8, 10)
+    x = torch.rand(2, 1, 8, 8)
+    good = channel_masks(model, {"conv1": [0]})
     with pytest.raises(SpeedupError, match="not in the model"):
-        speedup(model, torch.rand(2, 1, 8, 8), {"conv9": {"weight": torch.ones(1)}})
+        speedup(model, x, {"conv9": {"weight": torch.ones(1)}})
+    with pytest.raises(SpeedupError, match=r"masks\['conv1'\]\['weight'\] has shape \(20,\).*\(20, 1, 5, 5\)"):
+        speedup(model, x, {"conv1": {"weight": torch.ones(20)}})
+    with pytest.raises(SpeedupError, match="not a parameter or buffer"):
+        speedup(model, x, {"conv1": {"gamma": torch.ones(20)}})
+    with pytest.raises(SpeedupError, match="other than 0 and 1"):
+        speedup(model, x, {"conv1": {"bias": torch.full((20,), 0.5)}})
+    with pytest.raises(SpeedupError, match="masks must be"):
+        speedup(model, x, [good])
+    with pytest.raises(SpeedupError, match=r"does not run on dummy_input of shape \(2, 3, 8, 8\)"):
+        speedup(model, torch.rand(2, 3, 8, 8), good)
+    with pytest.raises(SpeedupError, match="dummy_input must be an input batch"):
+        speedup(model, "x", good)
+    with pytest.raises(SpeedupError, match="needs the model"):
+        speedup(model.state_dict(), x, good)
+    assert model.conv1.out_channels == 20 and bool(model.conv1.weight[0].ne(0).any())  # nothing was changed
+
+    config = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]
+    pruner = L1NormPruner(model, config)
+    _, masks = pruner.compress()
+    with pytest.raises(SpeedupError, match=r"still wrapped.*unwrap_model\(\)"):
+        speedup(model, x, masks)
+    pruner.unwrap_model()
+    speedup(model, x, masks)
 
     class Dynamic(nn.Module):
         def __init__(self):

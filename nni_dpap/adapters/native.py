@@ -7,11 +7,12 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..snn.neurons import BaseNeuron
+from .base import NeuronAdapter
 
 __all__ = ["NativeAdapter"]
 
 
-class NativeAdapter:
+class NativeAdapter(NeuronAdapter):
     """nni-dpap's own neurons (:class:`nni_dpap.snn.BaseNeuron` and subclasses)."""
 
     name = "nni_dpap"

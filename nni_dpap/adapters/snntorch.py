@@ -12,13 +12,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from . import mro_names
+from .base import NeuronAdapter, mro_names
 from ._gate import install_time_mask, reset_step
 
 __all__ = ["SnnTorchAdapter"]
 
 
-class SnnTorchAdapter:
+class SnnTorchAdapter(NeuronAdapter):
     name = "snntorch"
 
     def matches(self, module: nn.Module) -> bool:

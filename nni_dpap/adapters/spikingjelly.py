@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 from torch import Tensor, nn
 
-from . import mro_names
+from .base import NeuronAdapter, mro_names
 from ._gate import install_time_mask, reset_step
 
 __all__ = ["SpikingJellyAdapter"]
@@ -30,7 +30,7 @@ def _multi_step(module: nn.Module) -> bool:
     return getattr(module, "step_mode", "s") == "m"
 
 
-class SpikingJellyAdapter:
+class SpikingJellyAdapter(NeuronAdapter):
     name = "spikingjelly"
 
     def matches(self, module: nn.Module) -> bool:
@@ -40,11 +40,15 @@ class SpikingJellyAdapter:
         return output if _multi_step(module) else output.unsqueeze(0)
 
     def reset(self, module: nn.Module) -> None:
-        module.reset()  # MemoryModule.reset restores the initial state
+        module.reset()  # type: ignore[operator]  # MemoryModule.reset restores the initial state
         reset_step(module)
 
     def set_time_mask(self, module: nn.Module, mask: Tensor | None) -> None:
         install_time_mask(module, mask, _multi_step)
+
+    def time_major(self, module: nn.Module) -> bool:
+        """Multi-step SpikingJelly modules take ``[T, N, ...]``."""
+        return _from_spikingjelly(module, "StepModule") and _multi_step(module)
 
     def is_leaf(self, module: nn.Module) -> bool:
         """The stateless wrappers of torch layers with a ``step_mode`` (``layer.Conv2d``...)."""
@@ -59,7 +63,7 @@ class SpikingJellyAdapter:
 
         def forward(x: Any) -> Any:
             y = x.flatten(0, 1)
-            for child in module:
+            for child in module.children():
                 y = child(y)
             return y.unflatten(0, (x.shape[0], x.shape[1]))
 
@@ -73,7 +77,7 @@ class SpikingJellyAdapter:
                  and not _from_spikingjelly(m, "MultiStepModule")]
         try:
             for name, _ in saved:
-                model.get_submodule(name).step_mode = "s"
+                model.get_submodule(name).step_mode = "s"  # type: ignore[assignment]
             yield
         finally:
             for name, mode in saved:

@@ -31,6 +31,7 @@ class SpikingCifarNet(nn.Module):
             if channels == "M":
                 layers.append(nn.MaxPool2d(2))
                 continue
+            assert isinstance(channels, int)
             layers += [nn.Conv2d(previous, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), make()]
             previous = channels
         self.features = nn.Sequential(*layers)

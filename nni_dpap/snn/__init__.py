@@ -1,12 +1,14 @@
 """Spiking building blocks: LIF/PLIF neurons, surrogate gradients, encoders.
 
-Time layout: time-major fold ``[T*B, ...]`` (see :mod:`nni_dpap.snn.neurons`).
+Time layout: time-major fold ``[T*B, ...]`` (see :mod:`nni_dpap.snn.neurons`). Resetting
+the neurons of a whole network, of any library, is ``nni_dpap.reset_net`` /
+``nni_dpap.auto_reset`` (:mod:`nni_dpap.adapters.network`).
 """
 
 from __future__ import annotations
 
 from .encoding import DirectEncoder, TimeAverage, fold_time, unfold_time
-from .functional import auto_reset, reset_net, set_step_mode, set_time_steps
+from .functional import set_step_mode, set_time_steps
 from .neurons import BaseNeuron, LIFNeuron, PLIFNeuron
 from .surrogate import ATanSurrogate, SigmoidSurrogate, SurrogateFunction, get_surrogate
 
@@ -22,8 +24,7 @@ __all__ = [
     "TimeAverage",
     "fold_time",
     "unfold_time",
-    "reset_net",
     "set_time_steps",
     "set_step_mode",
-    "auto_reset",
 ]
+

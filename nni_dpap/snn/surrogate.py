@@ -104,7 +104,7 @@ class SigmoidSurrogate(SurrogateFunction):
         return self.alpha * sig * (1 - sig)
 
 
-_SURROGATES: dict[str, type[SurrogateFunction]] = {
+_SURROGATES: dict[str, Any] = {  # name -> class (each has a default alpha)
     "atan": ATanSurrogate,
     "sigmoid": SigmoidSurrogate,
 }

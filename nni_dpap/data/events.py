@@ -1,4 +1,4 @@
-"""Event-camera data: file formats, binning into frames, and the neuromorphic data sets.
+"""Event-camera data: file formats, binning into frames, and the readers of the neuromorphic data sets.
 
 Events are NumPy structured arrays with fields ``x``, ``y``, ``p`` (polarity 0/1) and
 ``t`` (microseconds). Readers and writers of the on-disk formats are here so that
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import ConfigError, DataError
+from ..errors import DataError
 
 __all__ = [
     "EVENT_DTYPE", "read_nmnist_bin", "write_nmnist_bin", "read_aedat2", "write_aedat2", "events_to_frames",
-    "EventFrames", "load_event_data",
+    "EventFrames", "EVENT_READERS", "tonic_download",
 ]
 
 EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("p", np.int8), ("t", np.int64)])
@@ -160,7 +160,7 @@ class EventFrames(Dataset):
         return frames, self.labels[index]
 
 
-def _tonic_download(name: str, root: Path) -> None:
+def tonic_download(name: str, root: Path) -> None:
     if importlib.util.find_spec("tonic") is None:
         raise DataError(f"downloading {name} needs the events extra: pip install nni-dpap[events]")
     import tonic.datasets as td
@@ -186,14 +186,14 @@ def _train_test(folders: tuple[Path, Path], pattern: str, label: Callable[[Path]
     return parts[0], parts[1]
 
 
-def _nmnist(root: Path, T: int, cache: bool = False) -> tuple[EventFrames, EventFrames]:
+def nmnist(root: Path, T: int, cache: bool = False) -> tuple[EventFrames, EventFrames]:
     return _train_test((root / "NMNIST" / "Train", root / "NMNIST" / "Test"), "[0-9]/*.bin",
                        lambda f: int(f.parent.name), read_nmnist_bin, (34, 34), T, cache,
                        "N-MNIST is not in {folder}: put the .bin files in {folder}/<digit>/ (Train and Test), "
                        "or pass --download (needs the events extra and internet)")
 
 
-def _dvs_gesture(root: Path, T: int) -> tuple[EventFrames, EventFrames]:
+def dvs_gesture(root: Path, T: int) -> tuple[EventFrames, EventFrames]:
     base = root / "DVSGesture"
     return _train_test((base / "ibmGestureTrain", base / "ibmGestureTest"), "user*/*.npy", lambda f: int(f.stem),
                        _read_dvs_gesture_npy, (128, 128), T, False,
@@ -201,7 +201,7 @@ def _dvs_gesture(root: Path, T: int) -> tuple[EventFrames, EventFrames]:
                        "layout), or pass --download (needs the events extra and internet)")
 
 
-def _cifar10_dvs(root: Path, T: int, test_fraction: float, seed: int) -> tuple[EventFrames, EventFrames]:
+def cifar10_dvs(root: Path, T: int, test_fraction: float, seed: int) -> tuple[EventFrames, EventFrames]:
     from sklearn.model_selection import train_test_split
 
     folder = root / "CIFAR10DVS"
@@ -224,27 +224,9 @@ def _cifar10_dvs(root: Path, T: int, test_fraction: float, seed: int) -> tuple[E
     return make(sorted(train_idx)), make(sorted(test_idx))
 
 
-def load_event_data(name: str, data_dir: Path | None, download: bool, T: int, test_fraction: float = 0.1,
-                    seed: int = 0):
-    """Load an event data set as ``[T, 2, H, W]`` frames (use through :func:`nni_dpap.data.load_data`)."""
-    from .data import DataSplit
-
-    if name == "event_digits":  # simulated offline, cached, read by the N-MNIST loader
-        from .event_digits import make_event_digits
-
-        train, test = _nmnist(make_event_digits(data_dir, split_seed=seed), T, cache=True)
-        return DataSplit(name, train, test, (2, 34, 34), 10, T)
-    if data_dir is None:
-        raise DataError(f"{name} is read from disk: give the folder with data_dir=... (--data-dir)")
-    if download:
-        _tonic_download(name, data_dir)
-    if name == "nmnist":
-        train, test = _nmnist(data_dir, T)
-        return DataSplit(name, train, test, (2, 34, 34), 10, T)
-    if name == "dvs_gesture":
-        train, test = _dvs_gesture(data_dir, T)
-        return DataSplit(name, train, test, (2, 128, 128), 11, T)
-    if name == "cifar10_dvs":
-        train, test = _cifar10_dvs(data_dir, T, test_fraction, seed)
-        return DataSplit(name, train, test, (2, 128, 128), 10, T)
-    raise ConfigError(f"unknown event data set {name!r}")
+# name -> (reader of the train and test frames, input shape, classes)
+EVENT_READERS: dict[str, tuple[Callable[..., tuple[EventFrames, EventFrames]], tuple[int, int, int], int]] = {
+    "nmnist": (lambda root, T, fraction, seed: nmnist(root, T), (2, 34, 34), 10),
+    "dvs_gesture": (lambda root, T, fraction, seed: dvs_gesture(root, T), (2, 128, 128), 11),
+    "cifar10_dvs": (cifar10_dvs, (2, 128, 128), 10),
+}

@@ -1,0 +1,423 @@
+"""The accuracy-size frontier: DPAP at several operating points vs NNI's pruners set to the same size, fairly.
+
+For every net and seed:
+
+* **dense**: trained for E epochs; its state after E/2 epochs is kept.
+* **DPAP** at each operating point (``POINTS``): trained with DPAP from the same initial
+  weights for the same E epochs.
+* at every point where DPAP removes >= 70% of the prunable parameters, NNI's pruners set
+  to *the same removed-parameter count, layer by layer*: ``L1NormPruner`` + fine-tuning
+  and ``TaylorPruner`` continue from the dense state after E/2 epochs (L1: prune, then
+  fine-tune E/2 epochs; Taylor: collect Taylor scores for one epoch of training, prune,
+  fine-tune the rest), ``MovementPruner`` trains from the same initial weights for E
+  epochs (warm-up one epoch, sparsity reached at 3/4 of the run). All of them prune
+  single weights (the most flexible granularity), so they are matched on fine-grained
+  masks against DPAP's channels, neurons and synapses.
+
+Every run sees the same batches in the same order: epoch ``e`` of seed ``s`` is the
+permutation drawn from a generator seeded with ``(s, e)``, whichever run asks for it.
+A weight counts as removed when it is zero or its input or output unit is removed
+(``nni_dpap.report.layer_costs``), the same way for every method; the prunable
+parameters are the weights and biases of every conv/linear layer but the output layer
+(the first conv included, even where DPAP's default does not prune it). Accuracy is the
+held-out test accuracy, both at the final epoch and averaged over the last 5 epochs;
+"epochs to dense" is the first epoch at which a run reaches the best accuracy of the
+dense run of its seed (the paper's convergence measure).
+
+Records go to ``results/frontier.jsonl`` as they are made (an interrupted run resumes
+where it stopped), then ``frontier.json``, ``frontier.md`` and ``frontier.png``.
+
+    python benchmarks/bench_frontier.py                      # all nets, 5 seeds (about 2 hours on 2 cores)
+    python benchmarks/bench_frontier.py --nets digits_snn --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import nni
+import torch
+from _common import parser, save, setup
+from nni.compression import TorchEvaluator
+from nni.compression.pruning import L1NormPruner, MovementPruner, TaylorPruner
+from torch import nn
+
+from nni_dpap import DPAPPruner
+from nni_dpap.data import load_data
+from nni_dpap.models import LeNetANN, SpikingConvNet
+from nni_dpap.policy.defaults import default_hparams
+from nni_dpap.report import format_table, layer_costs, totals
+from nni_dpap.training import classification_step, evaluate_accuracy
+
+MATCH_FROM = 0.70  # baselines are matched where DPAP removes at least this much
+
+
+@dataclass(frozen=True)
+class Net:
+    build: Callable[[], nn.Module]
+    data: str
+    epochs: int
+    lr: float
+    points: dict[str, dict[str, Any]]  # DPAP operating points: hparams over the library defaults
+    batch: int = 64
+    quick_epochs: int = 3
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+
+
+NETS: dict[str, Net] = {
+    "mnist5k_snn": Net(lambda: SpikingConvNet(1, 28, 10, T=4), "mnist5k", 15, 1e-3, {
+        "default": {}, "eps_low": {"linear_eps": 1.6}, "p95": {"percentiles": [None, 95.0]},
+        "p95_eps_high": {"percentiles": [None, 95.0], "linear_eps": 2.4}}),
+    "digits_snn": Net(lambda: SpikingConvNet(1, 8, 10, T=4), "digits", 40, 3e-3, {
+        "default": {}, "eps_low": {"linear_eps": 1.6}, "p95": {"percentiles": [None, 95.0]},
+        "p95_eps_high": {"percentiles": [None, 95.0], "linear_eps": 2.4}}),
+    "digits_ann": Net(lambda: LeNetANN(1, 8, 10), "digits", 40, 1e-3, {
+        "default": {}, "eps_low": {"linear_eps": 1.6}, "p95": {"percentiles": [None, 95.0]},
+        "p95_eps_high": {"percentiles": [None, 95.0], "linear_eps": 2.4}}),
+}
+
+
+# ---------------------------------------------------------------------------------------
+# data in a fixed order per (seed, epoch)
+# ---------------------------------------------------------------------------------------
+class Batches:
+    """The training batches of epoch ``e`` of seed ``s``: the same for every run that asks."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int, device: torch.device) -> None:
+        self.x, self.y, self.batch, self.seed, self.device = x, y, batch, seed, device
+        self.steps = math.ceil(len(x) / batch)
+
+    def epoch(self, e: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.seed * 10_007 + e))
+        return [(self.x[i].to(self.device), self.y[i].to(self.device))
+                for i in order.split(self.batch)]
+
+
+def training_function(batches: Batches, first_epoch: int, record: Callable[[nn.Module], None]) -> Callable[..., None]:
+    """An NNI-style training function over epochs ``first_epoch, first_epoch + 1, ...`` of ``batches``."""
+    def train(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None, *a, **k):
+        optimizer = optimizers[0] if isinstance(optimizers, (list, tuple)) else optimizers
+        epochs = max_epochs if max_epochs is not None else -(-max_steps // batches.steps)
+        steps = 0
+        for e in range(first_epoch, first_epoch + epochs):
+            model.train()
+            for batch in batches.epoch(e):
+                loss = training_step(batch, model)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                steps += 1
+                if max_steps is not None and steps >= max_steps:
+                    break
+            record(model)
+            if max_steps is not None and steps >= max_steps:
+                return
+    return train
+
+
+# ---------------------------------------------------------------------------------------
+# one seed of one net
+# ---------------------------------------------------------------------------------------
+def _adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    return nni.trace(torch.optim.Adam)(model.parameters(), lr=lr)
+
+
+def _continued_adam(model: nn.Module, lr: float, snapshot: dict[str, Any]) -> torch.optim.Optimizer:
+    """Adam over the (NNI-wrapped) parameters of ``model``, carrying on the dense run's moments.
+
+    NNI's wrappers replace the parameters (``conv.weight`` becomes ``conv._nni_wrapper.weight``); the state is
+    matched by name.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    index_of = {name: i for i, name in enumerate(snapshot["names"])}
+    for name, param in model.named_parameters():
+        i = index_of.get(name.replace("._nni_wrapper", ""))
+        state = snapshot["optimizer"]["state"].get(i) if i is not None else None
+        if state is not None:
+            optimizer.state[param] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+    return optimizer
+
+
+def _prunable(model: nn.Module) -> list[str]:
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return layers[:-1]  # the output layer is never pruned
+
+
+def _size(model: nn.Module, example: torch.Tensor, layers: list[str]) -> tuple[float, dict[str, dict[str, int]]]:
+    costs = layer_costs(model, example)
+    per_layer = {n: {"weights_removed": int(model.get_submodule(n).weight.numel()) - (
+        costs[n].params_kept - (costs[n].units_kept if model.get_submodule(n).bias is not None else 0)),
+        "weights": int(model.get_submodule(n).weight.numel())} for n in layers}
+    return 1.0 - totals(costs, layers)["params_fraction"], per_layer
+
+
+class Seed:
+    """Runs of one net and one seed, all from the same initial weights and batch order."""
+
+    def __init__(self, name: str, net: Net, seed: int, device: torch.device, quick: bool) -> None:
+        self.name, self.net, self.seed, self.device = name, net, seed, device
+        self.epochs = net.quick_epochs if quick else net.epochs
+        data = load_data(net.data)
+        x, y = data.train.tensors  # type: ignore[attr-defined]
+        self.batches = Batches(x, y, net.batch, seed, device)
+        test_x, test_y = data.test.tensors  # type: ignore[attr-defined]
+        self.test = [(test_x[i:i + 256].to(device), test_y[i:i + 256].to(device)) for i in range(0, len(test_x), 256)]
+        self.example = test_x[:2].to(device)
+        torch.manual_seed(seed)
+        self.initial = net.build().to(device).state_dict()
+        self.layers = _prunable(self._model())
+
+    def _model(self) -> nn.Module:
+        model = self.net.build().to(self.device)
+        model.load_state_dict(self.initial)
+        return model
+
+    def _recorder(self, accuracies: list[float]) -> Callable[[nn.Module], None]:
+        return lambda model: accuracies.append(evaluate_accuracy(model, self.test))
+
+    def dense(self) -> tuple[nn.Module, list[float], dict[str, Any]]:
+        model, accuracies = self._model(), []
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.net.lr)
+        half = self.epochs // 2
+        training_function(self.batches, 0, self._recorder(accuracies))(model, optimizer, classification_step, None,
+                                                                          None, half)
+        snapshot = {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict()),
+                    "names": [n for n, _ in model.named_parameters()]}
+        training_function(self.batches, half, self._recorder(accuracies))(model, optimizer, classification_step, None,
+                                                                             None, self.epochs - half)
+        return model, accuracies, snapshot
+
+    def dpap(self, hparams: dict[str, Any]) -> tuple[nn.Module, list[float]]:
+        model, accuracies = self._model(), []
+        evaluator = TorchEvaluator(training_function(self.batches, 0, self._recorder(accuracies)),
+                                   _adam(model, self.net.lr), classification_step)
+        params = {**default_hparams(self.epochs), **hparams}
+        config = [{"op_types": ["Conv2d", "Linear"], **({"exclude_op_names": list(self.net.exclude)}
+                                                          if self.net.exclude else {})}]
+        pruner = DPAPPruner(model, config, evaluator, epochs=self.epochs, steps_per_epoch=self.batches.steps,
+                            hparams=params)
+        model, _ = pruner.compress()
+        pruner.unwrap_model()
+        return model, accuracies
+
+    def _config(self, target: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+        """Weight-level masks removing, layer by layer, as many weights as the DPAP run removed."""
+        config = []
+        for name in self.layers:
+            ratio = target[name]["weights_removed"] / target[name]["weights"]
+            if ratio > 0:
+                dims = self._model().get_submodule(name).weight.dim()
+                config.append({"op_names": [name], "target_names": ["weight"], "sparse_ratio": round(ratio, 6),
+                               "granularity": [1] * dims})
+        return config
+
+    def _finish(self, pruner: Any, model: nn.Module) -> nn.Module:
+        masks = pruner.get_masks()
+        pruner.unwrap_model()
+        with torch.no_grad():
+            for name, targets in masks.items():
+                for target, mask in targets.items():
+                    if mask is not None:
+                        getattr(model.get_submodule(name), target).mul_(mask)
+        return model
+
+    def l1_finetune(self, snapshot: dict[str, Any], target: dict[str, dict[str, int]]) -> tuple[nn.Module, list]:
+        model, accuracies = self._model(), []
+        model.load_state_dict(snapshot["model"])
+        half = self.epochs // 2
+        pruner = L1NormPruner(model, self._config(target))
+        pruner.compress()
+        optimizer = _continued_adam(model, self.net.lr, snapshot)  # the dense run's optimizer goes on
+        training_function(self.batches, half, self._recorder(accuracies))(model, optimizer, classification_step, None,
+                                                                             None, self.epochs - half)
+        return self._finish(pruner, model), accuracies
+
+    def taylor(self, snapshot: dict[str, Any], target: dict[str, dict[str, int]]) -> tuple[nn.Module, list]:
+        model, accuracies = self._model(), []
+        model.load_state_dict(snapshot["model"])
+        half = self.epochs // 2
+        # NNI rebuilds a traced optimizer when it binds the model: the scoring epoch starts a fresh Adam
+        evaluator = TorchEvaluator(training_function(self.batches, half, self._recorder(accuracies)),
+                                   _adam(model, self.net.lr), classification_step)
+        pruner = TaylorPruner(model, self._config(target), evaluator, training_steps=self.batches.steps)
+        pruner.compress()  # one epoch of training collecting Taylor scores, then prune
+        fine_tune = _continued_adam(model, self.net.lr, snapshot)
+        training_function(self.batches, half + 1, self._recorder(accuracies))(
+            model, fine_tune, classification_step, None, None, self.epochs - half - 1)
+        return self._finish(pruner, model), accuracies
+
+    def movement(self, target: dict[str, dict[str, int]]) -> tuple[nn.Module, list[float]]:
+        model, accuracies = self._model(), []
+        evaluator = TorchEvaluator(training_function(self.batches, 0, self._recorder(accuracies)),
+                                   _adam(model, self.net.lr), classification_step)
+        steps = self.batches.steps
+        pruner = MovementPruner(model, self._config(target), evaluator, warmup_step=steps,
+                                cooldown_begin_step=max(int(0.75 * self.epochs * steps), steps + 1))
+        pruner.compress(self.epochs * steps, self.epochs)
+        return self._finish(pruner, model), accuracies
+
+
+def _record(name: str, method: str, point: str, seed: int, model: nn.Module, accuracies: list[float],
+            run: Seed, dense_best: float, seconds: float) -> dict[str, Any]:
+    removed, per_layer = _size(model, run.example, run.layers)
+    reached = next((i + 1 for i, a in enumerate(accuracies) if a >= dense_best - 1e-9), None)
+    return {"net": name, "method": method, "point": point, "seed": seed, "params_removed": removed,
+            "accuracy": 100 * statistics.fmean(accuracies[-5:]), "accuracy_final": 100 * accuracies[-1],
+            "accuracy_last5": 100 * statistics.fmean(accuracies[-5:]), "epochs": len(accuracies),
+            "epochs_to_dense": reached, "layers": per_layer, "seconds": seconds}
+
+
+def run_seed(name: str, net: Net, seed: int, device: torch.device, quick: bool, done: set[tuple],
+             write: Callable[[dict[str, Any]], None]) -> None:
+    run = Seed(name, net, seed, device, quick)
+    start = time.perf_counter()
+    dense_model, dense_acc, snapshot = run.dense()
+    dense_best = max(dense_acc)
+    if (name, "dense", "-", seed) not in done:
+        write(_record(name, "dense", "-", seed, dense_model, dense_acc, run, dense_best, time.perf_counter() - start))
+    for point, hparams in net.points.items():
+        key = (name, f"dpap_{point}", point, seed)
+        start = time.perf_counter()
+        model, accuracies = run.dpap(hparams)
+        record = _record(name, f"dpap_{point}", point, seed, model, accuracies, run, dense_best,
+                         time.perf_counter() - start)
+        if key not in done:
+            write(record)
+        if record["params_removed"] < MATCH_FROM and not quick:
+            continue
+        target = record["layers"]
+        half = dense_acc[:run.epochs // 2]  # L1 and Taylor continue the dense run: its first half is theirs
+        for method, make in (("l1_finetune", lambda: run.l1_finetune(snapshot, target)),
+                             ("taylor", lambda: run.taylor(snapshot, target)),
+                             ("movement", lambda: run.movement(target))):
+            if (name, method, point, seed) in done:
+                continue
+            start = time.perf_counter()
+            model, accuracies = make()
+            if method != "movement":
+                accuracies = half + accuracies
+            write(_record(name, method, point, seed, model, accuracies, run, dense_best, time.perf_counter() - start))
+
+
+# ---------------------------------------------------------------------------------------
+# summary
+# ---------------------------------------------------------------------------------------
+def _mean_std(values: list[float], digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def summarize(records: list[dict[str, Any]]) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    tables, summary = [], {}
+    for net in dict.fromkeys(r["net"] for r in records):
+        rows, groups = [], {}
+        for r in records:
+            if r["net"] == net:
+                groups.setdefault((r["point"], r["method"]), []).append(r)
+        dense = groups.get(("-", "dense"), [])
+        dense_acc = statistics.fmean(r["accuracy"] for r in dense) if dense else float("nan")
+        for (point, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "-", kv[0][0],
+                                                                           not kv[0][1].startswith("dpap"))):
+            acc = [r["accuracy"] for r in rs]
+            reached = [r["epochs_to_dense"] for r in rs if r["epochs_to_dense"] is not None]
+            rows.append([point, method, len(rs), _mean_std([100 * r["params_removed"] for r in rs], 1),
+                         _mean_std(acc), _mean_std([r["accuracy_final"] for r in rs]),
+                         f"{statistics.fmean(acc) - dense_acc:+.2f}",
+                         f"{statistics.fmean(reached):.1f} ({len(reached)}/{len(rs)})" if reached
+                         else f"never (0/{len(rs)})"])
+            summary.setdefault(net, {})[f"{point}/{method}"] = {
+                "params_removed_mean": statistics.fmean(r["params_removed"] for r in rs),
+                "accuracy_mean": statistics.fmean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                "seeds": len(rs)}
+        tables.append((f"{net}", format_table(rows, ["point", "method", "seeds", "params removed %",
+                                                     "accuracy % (last 5)", "accuracy % (final)", "vs dense",
+                                                     "epochs to dense best"])))
+    return tables, summary
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nets = list(dict.fromkeys(r["net"] for r in records))
+    fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.2), squeeze=False)
+    markers = {"dpap": ("o", "C0"), "l1_finetune": ("s", "C1"), "taylor": ("^", "C2"), "movement": ("v", "C3"),
+               "dense": ("*", "k")}
+    for ax, net in zip(axes[0], nets):
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in records:
+            if r["net"] == net:
+                groups.setdefault((r["method"], r["point"]), []).append(r)
+        labelled = set()
+        for (method, _point), rs in groups.items():
+            family = "dpap" if method.startswith("dpap") else method
+            marker, colour = markers[family]
+            x = [100 * r["params_removed"] for r in rs]
+            y = [r["accuracy"] for r in rs]
+            ax.errorbar(statistics.fmean(x), statistics.fmean(y), yerr=statistics.stdev(y) if len(y) > 1 else 0,
+                        xerr=statistics.stdev(x) if len(x) > 1 else 0, fmt=marker, color=colour, capsize=3,
+                        label=None if family in labelled else {"dpap": "DPAP"}.get(family, family))
+            labelled.add(family)
+        ax.set_title(net)
+        ax.set_xlabel("prunable parameters removed (%)")
+        ax.set_ylabel("test accuracy, mean of last 5 epochs (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    args = p.parse_args()
+    device = setup(args)
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    log = results / ("frontier_quick.jsonl" if args.quick else "frontier.jsonl")
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    done = {(r["net"], r["method"], r["point"], r["seed"]) for r in records}
+
+    def write(record: dict[str, Any]) -> None:
+        records.append(record)
+        with open(log, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        print(f"{record['net']} seed {record['seed']} {record['method']} ({record['point']}): removed "
+              f"{100 * record['params_removed']:.1f}%, accuracy {record['accuracy']:.2f}% (final "
+              f"{record['accuracy_final']:.2f}%), {record['seconds']:.0f} s", flush=True)
+
+    for name in args.nets:
+        for seed in args.seeds:
+            expected = {(name, "dense", "-", seed)} | {(name, f"dpap_{p}", p, seed) for p in NETS[name].points}
+            if expected <= done and not args.quick:
+                matched = [r for r in records if r["net"] == name and r["seed"] == seed and
+                           r["method"].startswith("dpap") and r["params_removed"] >= MATCH_FROM]
+                if all((name, m, r["point"], seed) in done for r in matched
+                       for m in ("l1_finetune", "taylor", "movement")):
+                    continue
+            run_seed(name, NETS[name], seed, device, args.quick, done, write)
+    wanted = [r for r in records if r["net"] in args.nets]
+    tables, summary = summarize(wanted)
+    name = "frontier_quick" if args.quick else "frontier"
+    plot(wanted, results / f"{name}.png")
+    save(name, args, {"summary": summary, "points": {n: NETS[n].points for n in args.nets},
+                      "epochs": {n: NETS[n].epochs for n in args.nets}}, tables)
+    (results / f"{name}.json").rename(results / f"{name}_summary.json")
+    keys = ("net", "method", "point", "seed", "params_removed", "accuracy", "accuracy_final", "accuracy_last5",
+            "epochs_to_dense")
+    (results / f"{name}.json").write_text(json.dumps([{k: r[k] for k in keys} for r in wanted], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""DPAP's configuration: rules per kind of unit, the form of the equations, presets.
+
+Everything DPAP can be told, as one frozen :class:`DPAPConfig`, its flat
+hyper-parameter names (``conv_eps``, ``linear_eta``...) for HPO and the command line,
+and the two presets. Pure Python, no NNI.
+
+Two presets implement the paper and the released code (``../shared/dpap-spec.md``
+sections 2 and 7):
+
+================================  =============================  =====================================
+aspect                            ``paper``                      ``braincog``
+================================  =============================  =====================================
+Norm(x)                           min-max over the layer         pnorm_{min,P75}: clip((x-min)/(P75-min))
+positive branch (Eq. 10)          delta >= 0                     delta > 0
+schedule                          exp(-(e - e0)/eta)             exp(-floor((e - e0)/eta))
+start epoch e0                    0                              5
+BCM / trace window (Eq. 6)        per epoch (reset each epoch)   cumulative since epoch 0
+D factors (Eq. 7)                 raw product                    each factor min-max normalised
+beta, gamma                       10, 0.999                      10, 0.999
+conv: eps, C, eta                 0.65, 5, 12                    0.65, 5, 12
+linear: eps, C, eta               1.5, 2, 13                     1.5, 2, 13
+================================  =============================  =====================================
+
+The paper gives no values for eps, eta and beta; the ``paper`` preset borrows the
+released CIFAR-10 SNN values so that the two presets differ only in the rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from .._validate import check_bool, check_choice, check_float
+from ..errors import ConfigError
+from .rule import SurvivalRule
+from .survival import Normalization, Schedule, SurvivalState, UpdateForm
+
+__all__ = ["DPAPConfig", "LayerKind", "Accumulation", "PRESETS", "get_preset"]
+
+LayerKind = Literal["conv", "linear", "time"]
+Accumulation = Literal["epoch", "cumulative"]
+
+
+_RULE_FIELDS = tuple(f.name for f in dataclasses.fields(SurvivalRule))
+
+
+@dataclass(frozen=True)
+class DPAPConfig:
+    """All of DPAP's hyper-parameters; build one with :func:`get_preset`.
+
+    Parameters
+    ----------
+    name
+        Preset name (informative).
+    conv, linear
+        Survival rules of conv units (channels, kernel slices) and FC units (neurons,
+        synapses).
+    time
+        Survival rule of (neuron, time step) pairs; ``None`` uses the layer kind's rule.
+    normalization, percentiles
+        ``Norm`` of Eq. (9), see :func:`normalize`.
+    strict_positive
+        Positive branch of Eq. (10) for ``delta > 0`` only.
+    schedule
+        ``'exp'`` or ``'step'``, see :func:`schedule_factor`.
+    accumulation
+        ``'epoch'``: BCM and trace sums restart every epoch (Eq. 6);
+        ``'cumulative'``: they accumulate from the first batch (released code).
+    normalize_spine_factors
+        Min-max normalise both factors of Eq. (7) before multiplying.
+    trace_tau
+        Decay of the spiking trace, Eq. (1).
+    relative_schedule
+        Interpret ``eta`` and ``start_epoch`` of every rule as fractions of the planned
+        number of epochs (for short runs; ``resolve(epochs)`` turns them into epochs).
+    prune_conv_channels, prune_conv_kernels, prune_linear_neurons, prune_linear_synapses
+        Which kinds of units are pruned.
+    """
+
+    name: str = "custom"
+    conv: SurvivalRule = field(default_factory=lambda: SurvivalRule(eps=0.65, bonus=5.0, eta=12.0))
+    linear: SurvivalRule = field(default_factory=lambda: SurvivalRule(eps=1.5, bonus=2.0, eta=13.0))
+    time: SurvivalRule | None = None
+    normalization: Normalization = "minmax"
+    percentiles: tuple[float | None, float] = (None, 75.0)
+    strict_positive: bool = False
+    schedule: Schedule = "exp"
+    accumulation: Accumulation = "epoch"
+    normalize_spine_factors: bool = False
+    trace_tau: float = 0.5
+    relative_schedule: bool = False
+    prune_conv_channels: bool = True
+    prune_conv_kernels: bool = False
+    prune_linear_neurons: bool = True
+    prune_linear_synapses: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("normalization", self.normalization, ["minmax", "percentile"])
+        check_choice("schedule", self.schedule, ["exp", "step"])
+        check_choice("accumulation", self.accumulation, ["epoch", "cumulative"])
+        for flag in ("strict_positive", "normalize_spine_factors", "relative_schedule", "prune_conv_channels",
+                     "prune_conv_kernels", "prune_linear_neurons", "prune_linear_synapses"):
+            check_bool(flag, getattr(self, flag))
+        check_float("trace_tau", self.trace_tau, minimum=0.0, maximum=1.0)
+        percentiles = self.percentiles
+        if not isinstance(percentiles, (tuple, list)) or len(percentiles) != 2:
+            raise ConfigError(f"percentiles must be [lo, hi] (lo may be null for the minimum), got {percentiles!r}")
+        lo = 0.0 if percentiles[0] is None else check_float("percentiles[0]", percentiles[0])
+        hi = check_float("percentiles[1]", percentiles[1])
+        if not 0 <= lo < hi <= 100:
+            raise ConfigError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {percentiles!r}")
+        for kind in ("conv", "linear", "time"):
+            rule = getattr(self, kind)
+            if rule is not None and not isinstance(rule, SurvivalRule):
+                raise ConfigError(f"DPAPConfig.{kind} must be a SurvivalRule, got {type(rule).__name__}")
+            if self.relative_schedule and rule is not None and not (
+                0 < rule.eta <= 10 and rule.start_epoch < 1
+            ):
+                raise ConfigError(
+                    f"with relative_schedule=True, {kind}.eta and {kind}.start_epoch are fractions of the "
+                    f"planned epochs (eta in (0, 10], start_epoch in [0, 1)), got eta={rule.eta}, "
+                    f"start_epoch={rule.start_epoch}"
+                )
+
+    # -- access ------------------------------------------------------------------------
+    def rule(self, kind: LayerKind, layer_kind: Literal["conv", "linear"] = "linear") -> SurvivalRule:
+        """The rule for ``kind``; ``'time'`` falls back to ``layer_kind``'s rule."""
+        if kind == "time":
+            return self.time if self.time is not None else getattr(self, layer_kind)
+        rule: SurvivalRule = getattr(self, kind)
+        return rule
+
+    @property
+    def update_form(self) -> UpdateForm:
+        """The variant of Eqs. (9)-(11) this configuration evaluates."""
+        return UpdateForm(self.normalization, self.percentiles, self.strict_positive, self.schedule)
+
+    def survival_state(self, shape: tuple[int, ...], kind: LayerKind, layer_kind: Literal["conv", "linear"],
+                       device: Any = None) -> SurvivalState:
+        """A fresh :class:`SurvivalState` for units of ``kind`` in a ``layer_kind`` layer (absolute schedule)."""
+        return SurvivalState(shape, self.rule(kind, layer_kind), self.update_form, device)
+
+    def resolve(self, epochs: int) -> DPAPConfig:
+        """Return a copy with an absolute schedule for a run of ``epochs`` epochs."""
+        if not self.relative_schedule:
+            return self
+        if epochs < 1:
+            raise ConfigError(f"epochs must be >= 1 to resolve a relative schedule, got {epochs}")
+
+        def scale(rule: SurvivalRule | None) -> SurvivalRule | None:
+            if rule is None:
+                return None
+            return dataclasses.replace(rule, eta=rule.eta * epochs, start_epoch=round(rule.start_epoch * epochs))
+
+        return dataclasses.replace(
+            self,
+            conv=scale(self.conv),  # type: ignore[arg-type]
+            linear=scale(self.linear),  # type: ignore[arg-type]
+            time=scale(self.time),
+            relative_schedule=False,
+        )
+
+    # -- flat parameters (for HPO and the command line) --------------------------------
+    @classmethod
+    def flat_keys(cls) -> list[str]:
+        """Names accepted by :meth:`with_params`, e.g. ``conv_eps``, ``linear_eta``, ``schedule``."""
+        keys = [f"{kind}_{name}" for kind in ("conv", "linear", "time") for name in _RULE_FIELDS]
+        keys += [f.name for f in dataclasses.fields(cls) if f.name not in ("conv", "linear", "time")]
+        return keys
+
+    def with_params(self, params: Mapping[str, Any] | None = None, **kwargs: Any) -> DPAPConfig:
+        """Return a copy with flat overrides, e.g. ``with_params(conv_eps=0.8, linear_eta=0.15)``.
+
+        Unknown names raise :class:`ConfigError` listing the valid ones.
+        """
+        values = {**(params or {}), **kwargs}
+        rules: dict[str, dict[str, Any]] = {"conv": {}, "linear": {}, "time": {}}
+        top: dict[str, Any] = {}
+        valid = set(self.flat_keys())
+        for key, value in values.items():
+            if key not in valid:
+                raise ConfigError(f"unknown DPAP hyper-parameter {key!r}; valid names: {', '.join(sorted(valid))}")
+            kind, _, name = key.partition("_")
+            if kind in rules and name in _RULE_FIELDS:
+                rules[kind][name] = value
+            else:
+                top[key] = tuple(value) if key == "percentiles" else value
+        for kind, changes in rules.items():  # conv, linear, then time
+            if not changes:
+                continue
+            base = getattr(self, kind)
+            if base is None:  # the time rule starts from the (updated) linear rule's values
+                base = top.get("linear", self.linear)
+            top[kind] = dataclasses.replace(base, **changes)
+        return dataclasses.replace(self, **top)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable dict (round-trips through :meth:`from_dict`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DPAPConfig:
+        data = dict(data)
+        for kind in ("conv", "linear", "time"):
+            if isinstance(data.get(kind), Mapping):
+                data[kind] = SurvivalRule(**data[kind])
+        if "percentiles" in data:
+            data["percentiles"] = tuple(data["percentiles"])
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown DPAPConfig fields {sorted(unknown)}; valid fields: {sorted(names)}")
+        return cls(**data)
+
+
+PRESETS: dict[str, DPAPConfig] = {
+    "paper": DPAPConfig(
+        name="paper",
+        conv=SurvivalRule(eps=0.65, bonus=5.0, eta=12.0, start_epoch=0),
+        linear=SurvivalRule(eps=1.5, bonus=2.0, eta=13.0, start_epoch=0),
+        normalization="minmax",
+        strict_positive=False,
+        schedule="exp",
+        accumulation="epoch",
+        normalize_spine_factors=False,
+    ),
+    "braincog": DPAPConfig(
+        name="braincog",
+        conv=SurvivalRule(eps=0.65, bonus=5.0, eta=12.0, start_epoch=5),
+        linear=SurvivalRule(eps=1.5, bonus=2.0, eta=13.0, start_epoch=5),
+        normalization="percentile",
+        percentiles=(None, 75.0),
+        strict_positive=True,
+        schedule="step",
+        accumulation="cumulative",
+        normalize_spine_factors=True,
+    ),
+}
+
+
+def get_preset(name: str | DPAPConfig = "braincog", **params: Any) -> DPAPConfig:
+    """A named preset (``'paper'`` or ``'braincog'``), optionally with flat overrides.
+
+    Examples
+    --------
+    >>> cfg = get_preset("braincog", conv_eps=0.8, linear_eps=2.0)
+    >>> cfg.conv.eps, cfg.linear.eps
+    (0.8, 2.0)
+    """
+    if isinstance(name, DPAPConfig):
+        base = name
+    else:
+        try:
+            base = PRESETS[name]
+        except KeyError:
+            raise ConfigError(f"unknown DPAP preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    return base.with_params(params) if params else base

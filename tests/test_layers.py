@@ -1,0 +1,94 @@
+"""DPAP's per-layer state: built from the link and the configuration, masks, update, select, persistence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nni_dpap._layers import LayerState, group_connectivity, neuron_time_masks
+from nni_dpap.errors import ConfigError, ShapeError
+from nni_dpap.graph import LayerLink, Readout
+from nni_dpap.policy import get_preset
+from nni_dpap.slicing import KeptIndices
+
+CONFIG = get_preset("paper", conv_eps=2.0, conv_bonus=0.0, conv_beta=0.5, conv_eta=1e9, linear_eps=2.0,
+                    linear_bonus=0.0, linear_beta=0.5, linear_eta=1e9, conv_gamma=1.0, linear_gamma=1.0,
+                    prune_conv_kernels=True)
+
+
+def _state(kind: str = "conv", temporal: bool = False) -> LayerState:
+    torch.manual_seed(0)
+    modules = {"layer": nn.Conv2d(2, 3, 3) if kind == "conv" else nn.Linear(2, 3), "sn": nn.ReLU()}
+    link = LayerLink("layer", kind, "sn", False, (Readout("sn", None),))
+    return LayerState.build(link, modules, CONFIG, temporal, torch.device("cpu"))
+
+
+def test_build_and_masks():
+    state = _state()
+    assert (state.n_out, state.n_in, state.units_built, state.synapses_built) == (3, 2, 3, 6)
+    assert state.neurons is not None and state.synapses is not None and not state.pruned
+    state.neurons.mask = torch.tensor([True, False, True])
+    state.synapses.mask = torch.tensor([[True, False], [True, True], [True, True]])
+    weight = torch.ones(3, 2, 3, 3)
+    mask = state.weight_mask(weight)
+    assert mask.shape == weight.shape and state.pruned
+    assert mask[:, :, 0, 0].tolist() == [[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]  # rows of pruned units, pruned slices
+    assert bool((mask == mask[:, :, :1, :1]).all())  # the same over the kernel
+
+
+def test_update_prunes_the_least_important():
+    state = _state("linear")
+    # paper form, eps = 2, C = 0, beta = 0.5, gamma = 1, schedule factor 1: F = 0.5 + (2 Norm - 2)
+    importance = {"neuron": torch.tensor([0.0, 1.0, 0.5]), "synapse": torch.tensor([[0.0, 1.0]] * 3)}
+    state.update(importance, epoch=0, keep_at_least=0)
+    assert state.neurons is not None and state.neurons.value.tolist() == [-1.5, 0.5, -0.5]
+    assert state.neuron_mask.tolist() == [False, True, False]
+    assert state.synapses is not None and state.synapses.mask[:, 0].tolist() == [False] * 3
+
+
+def test_select_after_a_shrink_and_state_dict():
+    state = _state()
+    state.stats.observe(torch.rand(2, 4, 2), torch.rand(2, 4, 3))
+    bcm, theta = state.stats.bcm.clone(), state.stats.theta.clone()
+    assert state.synapses is not None and state.neurons is not None
+    state.synapses.value = torch.arange(6.0).view(3, 2)
+    saved = state.state_dict()
+    state.select(nn.Conv2d(1, 2, 3), KeptIndices(torch.tensor([0, 2]), torch.tensor([1])))
+    assert (state.n_out, state.n_in, state.removed_units, state.removed_synapses) == (2, 1, 1, 4)
+    torch.testing.assert_close(state.stats.bcm, bcm[[0, 2]][:, [1]])
+    torch.testing.assert_close(state.stats.theta, theta[[0, 2]])
+    assert state.synapses.value.tolist() == [[1.0], [5.0]] and state.neurons.value.shape == (2,)
+    with pytest.raises(ShapeError, match="cannot map DPAP's state of 'layer'"):
+        state.select(nn.Conv2d(1, 1, 3), None)
+    fresh = _state()
+    fresh.load_state_dict(saved, temporal=False)
+    torch.testing.assert_close(fresh.stats.bcm, bcm)
+    assert fresh.synapses is not None and fresh.synapses.value.tolist() == [[0, 1], [2, 3], [4, 5]]
+    with pytest.raises(ConfigError, match="temporal masks but this pruner has temporal=False"):
+        fresh.load_state_dict({**saved, "time": {"value": torch.ones(3, 2), "mask": torch.ones(3, 2).bool()}},
+                              temporal=False)
+
+
+def test_batchnorm_size_is_checked():
+    modules = {"layer": nn.Conv2d(1, 3, 3), "bn": nn.BatchNorm2d(4), "sn": nn.ReLU()}
+    link = LayerLink("layer", "conv", "sn", False, (Readout("sn", None),), ("bn",))
+    with pytest.raises(ConfigError, match="BatchNorm 'bn' after layer 'layer' does not have 3 features"):
+        LayerState.build(link, modules, CONFIG, False, torch.device("cpu"))
+
+
+def test_time_masks_of_a_shared_neuron_keep_what_any_layer_keeps():
+    a, b = _state(temporal=True), _state(temporal=True)
+    a.update({"neuron": torch.ones(3), "synapse": torch.ones(3, 2), "time": torch.tensor([[0.0, 1.0]] * 3)}, 0, 0)
+    b.update({"neuron": torch.ones(3), "synapse": torch.ones(3, 2), "time": torch.tensor([[1.0, 0.0]] * 3)}, 0, 0)
+    for state in (a, b):
+        assert state.neurons is not None
+        state.neurons.mask = torch.ones(3, dtype=torch.bool)  # only the time steps are pruned here
+    assert a.time_keep() is not None and a.time_keep()[:, 0].tolist() == [0.0] * 3
+    merged = neuron_time_masks([a, b])
+    assert list(merged) == ["sn"] and bool(merged["sn"].eq(1).all())
+
+
+def test_group_connectivity():
+    assert group_connectivity(nn.Conv2d(4, 4, 3, groups=2), 4, 4).tolist() == [
+        [1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
