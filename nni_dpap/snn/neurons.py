@@ -19,7 +19,7 @@ In multi-step mode (``step_mode='m'``, the default) the membrane starts at
 ``V_reset`` on every call, so no state leaks from one batch to the next and no
 reset is ever needed. In single-step mode (``step_mode='s'``, for models that loop
 over time themselves) the membrane persists between calls until :meth:`reset`;
-:func:`nni_dpap.snn.auto_reset` resets a whole model at the start of every forward.
+:func:`nni_dpap.auto_reset` resets a whole model at the start of every forward.
 
 Backends
 --------
@@ -131,7 +131,7 @@ class BaseNeuron(nn.Module):
     def backend(self, value: str) -> None:
         if value not in BACKENDS:
             raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {value!r}")
-        self._backend: Backend = value  # type: ignore[assignment]
+        self._backend: Backend = value
 
     @property
     def steps_per_call(self) -> int:
@@ -213,7 +213,7 @@ class BaseNeuron(nn.Module):
             raise ShapeError(
                 f"{type(self).__name__} in single-step mode holds a state of shape {tuple(self.v.shape)} "
                 f"but got input {tuple(x.shape)}: reset the network between batches "
-                "(nni_dpap.snn.reset_net(model) or install nni_dpap.snn.auto_reset(model) once)"
+                "(nni_dpap.reset_net(model) or install nni_dpap.auto_reset(model) once)"
             )
         h = self.neuronal_charge(self.v, x)
         spike = self._gate(self.neuronal_fire(h), self._step)
