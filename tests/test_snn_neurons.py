@@ -68,7 +68,7 @@ def test_multi_step_state_never_leaks_between_calls(backend):
     neuron = LIFNeuron(T=3, backend=backend)
     x = torch.rand(3 * 4, 5) * 3
     first = neuron(x)
-    assert torch.equal(neuron(x), first)
+    torch.testing.assert_close(neuron(x), first, rtol=0, atol=1e-6)
 
 
 @backends
@@ -78,13 +78,13 @@ def test_single_step_equals_multi_step_and_reset(backend):
     multi = LIFNeuron(T=4, backend=backend)(x.flatten(0, 1)).view_as(x)
     single = LIFNeuron(step_mode="s")
     steps = torch.stack([single(x[t]) for t in range(4)])
-    assert torch.equal(steps, multi)
+    torch.testing.assert_close(steps, multi, rtol=0, atol=1e-6)
     assert single.v is not None
     with pytest.raises(ShapeError, match="reset the network between batches"):
         single(torch.rand(5, 3, 3))
     single.reset()
     assert single.v is None
-    assert torch.equal(single(x[0]), multi[0])
+    torch.testing.assert_close(single(x[0]), multi[0], rtol=0, atol=1e-6)
 
 
 @backends
@@ -123,10 +123,11 @@ def test_time_mask_silences_steps_and_survives_state_dict(backend):
     single = LIFNeuron(step_mode="s")
     single.set_time_mask(mask)
     steps = torch.stack([single(x[:2]) for _ in range(3)])
-    assert torch.equal(steps.view(3, 2, 2), out)
+    torch.testing.assert_close(steps.view(3, 2, 2), out, rtol=0, atol=1e-6)
     fresh = LIFNeuron(T=3, backend=backend)
     fresh.load_state_dict(neuron.state_dict())
-    assert torch.equal(fresh.time_mask, mask) and torch.equal(fresh(x), neuron(x))
+    torch.testing.assert_close(fresh.time_mask, mask, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fresh(x), neuron(x), rtol=0, atol=1e-6)
     fresh.load_state_dict(LIFNeuron(T=3).state_dict())
     assert fresh.time_mask is None
     with pytest.raises(ShapeError, match="time mask for 2 channels"):
