@@ -44,3 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_speedup.py
 	$(BIN)/python benchmarks/bench_training_time.py
 	$(BIN)/python benchmarks/bench_overhead.py
+	$(BIN)/python benchmarks/bench_neurons.py
