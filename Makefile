@@ -38,11 +38,12 @@ lint: $(STAMP)
 # what CI runs (.ci/run): lint, the suite, the suite on one thread
 ci: lint test test-1thread
 
-# benchmarks (not part of `make test`): about 30 minutes on 2 CPU cores; results in benchmarks/results/
+# benchmarks (not part of `make test`): about 3 hours on 2 CPU cores (the frontier alone about 2.5 h); results in benchmarks/results/
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_quality.py
 	$(BIN)/python benchmarks/bench_speedup.py
 	$(BIN)/python benchmarks/bench_training_time.py
 	$(BIN)/python benchmarks/bench_overhead.py
+	$(BIN)/python benchmarks/bench_neurons.py
 	$(BIN)/python benchmarks/bench_docs_client.py
 	$(BIN)/python benchmarks/bench_frontier.py

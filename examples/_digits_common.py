@@ -82,8 +82,8 @@ def _run_seed(args: argparse.Namespace, build: Callable[[], nn.Module], seed: in
         "prunable_params_kept": totals(dpap_costs, prunable)["params_kept"],
         "prunable_params_fraction": totals(dpap_costs, prunable)["params_fraction"],
         "flops_fraction": totals(dpap_costs)["macs_kept"] / totals(dense_costs)["macs_total"],
-        "layers": {n: {"pruned": n in pruner.layers, "output": n in pruner.output_layers, "units_kept": c.units_kept, "units_total": c.units_total,
-                       "params_kept": c.params_kept, "params_total": c.params_total}
+        "layers": {n: {"pruned": n in pruner.layers, "output": n in pruner.output_layers, "units_kept": c.units_kept,
+                       "units_total": c.units_total, "params_kept": c.params_kept, "params_total": c.params_total}
                    for n, c in dpap_costs.items()},
     }
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 @pytest.mark.parametrize("script,name", [("bench_quality.py", "quality"), ("bench_speedup.py", "speedup"),
                                          ("bench_training_time.py", "training_time"),
-                                         ("bench_overhead.py", "overhead"),
+                                         ("bench_overhead.py", "overhead"), ("bench_neurons.py", "neurons"),
                                          ("bench_docs_client.py", "docs_client")])
 def test_benchmark_script_quick_run(tmp_path, script, name):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--results-dir", str(tmp_path)],

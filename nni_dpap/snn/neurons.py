@@ -19,7 +19,18 @@ In multi-step mode (``step_mode='m'``, the default) the membrane starts at
 ``V_reset`` on every call, so no state leaks from one batch to the next and no
 reset is ever needed. In single-step mode (``step_mode='s'``, for models that loop
 over time themselves) the membrane persists between calls until :meth:`reset`;
-:func:`nni_dpap.snn.auto_reset` resets a whole model at the start of every forward.
+:func:`nni_dpap.auto_reset` resets a whole model at the start of every forward.
+
+Backends
+--------
+A multi-step call runs either the Python loop over time steps above (``backend='torch'``,
+the reference) or, by default (``backend='fused'``), one fused C++ kernel for all steps,
+forward and backward (:mod:`nni_dpap.snn.fused`), which gives the same spikes and
+gradients several times faster. The fused backend covers :class:`LIFNeuron` and
+:class:`PLIFNeuron` as they are, on CPU float tensors; everything else (subclasses that
+override the charge, fire or reset steps, custom surrogates, CUDA tensors, ...) silently
+runs the loop. :func:`set_backend` switches a whole model. Single-step mode always runs
+the Python code.
 """
 
 from __future__ import annotations
@@ -31,11 +42,15 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ShapeError
-from .surrogate import ATanSurrogate, SurrogateFunction
+from . import fused
+from .surrogate import ATanSurrogate, SigmoidSurrogate, SurrogateFunction
 
-__all__ = ["BaseNeuron", "LIFNeuron", "PLIFNeuron", "StepMode"]
+__all__ = ["BaseNeuron", "LIFNeuron", "PLIFNeuron", "StepMode", "Backend", "BACKENDS", "set_backend"]
 
 StepMode = Literal["s", "m"]
+Backend = Literal["torch", "fused"]
+BACKENDS: tuple[Backend, ...] = ("torch", "fused")
+_FUSED_SURROGATES: dict[type[SurrogateFunction], str] = {ATanSurrogate: "atan", SigmoidSurrogate: "sigmoid"}
 
 
 class BaseNeuron(nn.Module):
@@ -60,6 +75,10 @@ class BaseNeuron(nn.Module):
     store_v
         Keep ``h_seq`` (potential before firing) and ``v_seq`` (after reset) of the
         last multi-step call, in the folded layout, for inspection.
+    backend
+        Multi-step implementation: ``'fused'`` (default) runs one fused kernel for all
+        time steps where :meth:`fused_supported` says it applies and the Python loop
+        elsewhere; ``'torch'`` always runs the Python loop.
     """
 
     def __init__(
@@ -71,6 +90,7 @@ class BaseNeuron(nn.Module):
         surrogate: SurrogateFunction | None = None,
         step_mode: StepMode = "m",
         store_v: bool = False,
+        backend: Backend = "fused",
     ) -> None:
         super().__init__()
         if T is not None and (not isinstance(T, int) or T < 1):
@@ -81,6 +101,7 @@ class BaseNeuron(nn.Module):
         self.detach_reset = detach_reset
         self.surrogate = surrogate if surrogate is not None else ATanSurrogate()
         self.step_mode = step_mode
+        self.backend = backend
         self.store_v = store_v
         self.v: Tensor | None = None
         self.h_seq: Tensor | None = None
@@ -100,6 +121,17 @@ class BaseNeuron(nn.Module):
         if value not in ("s", "m"):
             raise ConfigError(f"step_mode must be 's' (single step) or 'm' (multi step), got {value!r}")
         self._step_mode: StepMode = value  # type: ignore[assignment]
+
+    @property
+    def backend(self) -> Backend:
+        """``'fused'`` or ``'torch'`` (see the class docstring)."""
+        return getattr(self, "_backend", "fused")  # modules pickled before backends existed
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {value!r}")
+        self._backend: Backend = value
 
     @property
     def steps_per_call(self) -> int:
@@ -181,7 +213,7 @@ class BaseNeuron(nn.Module):
             raise ShapeError(
                 f"{type(self).__name__} in single-step mode holds a state of shape {tuple(self.v.shape)} "
                 f"but got input {tuple(x.shape)}: reset the network between batches "
-                "(nni_dpap.snn.reset_net(model) or install nni_dpap.snn.auto_reset(model) once)"
+                "(nni_dpap.reset_net(model) or install nni_dpap.auto_reset(model) once)"
             )
         h = self.neuronal_charge(self.v, x)
         spike = self._gate(self.neuronal_fire(h), self._step)
@@ -196,6 +228,13 @@ class BaseNeuron(nn.Module):
                 f"{type(self).__name__} expects a time-major folded input [T*B, ...] with T={T}, "
                 f"got shape {tuple(x.shape)}; encode static inputs with nni_dpap.snn.DirectEncoder(T)"
             )
+        if self.backend == "fused" and self.fused_supported(x):
+            result = self._fused_multi_step(x, T)
+            if result is not None:
+                return result
+        return self._loop_multi_step(x, T)
+
+    def _loop_multi_step(self, x: Tensor, T: int) -> Tensor:
         xs = x.reshape(T, x.shape[0] // T, *x.shape[1:])
         v = torch.full_like(xs[0], self.v_reset)
         spikes, hs, vs = [], [], []
@@ -211,6 +250,60 @@ class BaseNeuron(nn.Module):
             self.h_seq = torch.cat(hs, 0)
             self.v_seq = torch.cat(vs, 0)
         return torch.cat(spikes, 0)
+
+    # -- fused backend ---------------------------------------------------------------
+    def _fused_charge(self) -> bool:
+        """Whether ``neuronal_charge`` is one the fused kernel implements (see :meth:`_fused_decay`)."""
+        return False
+
+    def _fused_decay(self) -> tuple[float | None, Tensor | None]:
+        """``(tau, None)`` for LIF's ``/ tau`` or ``(None, k)`` for PLIF's ``* k`` (``k = sigmoid(w)``)."""
+        raise NotImplementedError
+
+    def fused_supported(self, x: Tensor) -> bool:
+        """Whether a multi-step call on ``x`` can run the fused kernel (else the Python loop runs).
+
+        It can for :class:`LIFNeuron` and :class:`PLIFNeuron` (and subclasses that do not override
+        ``neuronal_charge``, ``neuronal_fire``, ``neuronal_reset`` or ``_gate``) with an
+        :class:`ATanSurrogate` or :class:`SigmoidSurrogate` in spiking mode, a scalar PLIF ``w``, a
+        time mask matching ``x``, on a plain float32/float64 CPU tensor, outside tracing and
+        ``torch.compile``. Whether the kernel could be built is checked separately (on first use).
+        """
+        cls = type(self)
+        if (cls.neuronal_fire is not BaseNeuron.neuronal_fire or cls.neuronal_reset is not BaseNeuron.neuronal_reset
+                or cls._gate is not BaseNeuron._gate):
+            return False
+        if type(self.surrogate) not in _FUSED_SURROGATES or not self.surrogate.spiking:
+            return False
+        if type(x) is not Tensor or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            return False
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+            return False
+        return self._fused_mask_fits(x) and self._fused_charge()
+
+    def _fused_mask_fits(self, x: Tensor) -> bool:
+        mask = self.time_mask
+        if mask is None:
+            return True
+        # otherwise the loop raises the ShapeError that explains the mismatch
+        return x.dim() >= 2 and x.shape[1] == mask.shape[0] and mask.shape[1] >= self.steps_per_call
+
+    def _fused_multi_step(self, x: Tensor, T: int) -> Tensor | None:
+        tau, k = self._fused_decay()
+        cfg = fused.FusedConfig(T=T, v_threshold=self.v_threshold, v_reset=self.v_reset,
+                                detach_reset=self.detach_reset, surrogate=_FUSED_SURROGATES[type(self.surrogate)],
+                                alpha=self.surrogate.alpha, tau=tau)
+        result = fused.lif_multi_step(x, cfg, k, self.time_mask, need_h=self.store_v)
+        if result is None:
+            return None
+        spikes, h = result
+        if self.store_v:
+            assert h is not None
+            with torch.no_grad():
+                s = spikes.detach()
+                self.h_seq = h.detach()
+                self.v_seq = h * (1.0 - s) + self.v_reset * s  # BaseNeuron.neuronal_reset, as the loop stores it
+        return spikes
 
 
 class LIFNeuron(BaseNeuron):
@@ -238,6 +331,12 @@ class LIFNeuron(BaseNeuron):
 
     def neuronal_charge(self, v: Tensor, x: Tensor) -> Tensor:
         return v + (x - (v - self.v_reset)) / self.tau
+
+    def _fused_charge(self) -> bool:
+        return type(self).neuronal_charge is LIFNeuron.neuronal_charge
+
+    def _fused_decay(self) -> tuple[float | None, Tensor | None]:
+        return self.tau, None
 
 
 class PLIFNeuron(BaseNeuron):
@@ -269,3 +368,18 @@ class PLIFNeuron(BaseNeuron):
 
     def neuronal_charge(self, v: Tensor, x: Tensor) -> Tensor:
         return v + (x - (v - self.v_reset)) * torch.sigmoid(self.w)
+
+    def _fused_charge(self) -> bool:
+        return type(self).neuronal_charge is PLIFNeuron.neuronal_charge and self.w.numel() == 1
+
+    def _fused_decay(self) -> tuple[float | None, Tensor | None]:
+        return None, torch.sigmoid(self.w).reshape(())
+
+
+def set_backend(model: nn.Module, backend: Backend) -> None:
+    """Set the multi-step ``backend`` (``'fused'`` or ``'torch'``) of every nni-dpap neuron in ``model``."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    for module in model.modules():
+        if isinstance(module, BaseNeuron):
+            module.backend = backend

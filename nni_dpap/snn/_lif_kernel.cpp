@@ -1,0 +1,219 @@
+// Fused multi-step LIF / PLIF neuron, forward and backward (see nni_dpap/snn/fused.py for the design).
+//
+// Plain C++17 with a C ABI, no torch headers: it compiles in a few seconds and is called through ctypes.
+// Layout: x, s, h, grad are [T, B, L] (time-major, contiguous); gate is [T, L] (the time mask expanded over
+// the per-sample features) or null. Every (sample, chunk of <= kBlock features) is one independent work item
+// that keeps its membrane (or its gradient w.r.t. the membrane) in a small stack array and runs the T loop
+// over it, so each element is read and written once per step and the inner loop vectorises.
+//
+// The arithmetic mirrors nni_dpap.snn.neurons operation by operation (the same roundings, no FMA
+// contraction: -ffp-contract=off), so the forward pass is bit-identical to the Python loop.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kBlock = 512;
+constexpr double kPi = 3.14159265358979323846;  // == Python's math.pi
+
+struct Params {
+  int64_t T, B, L;
+  double k;      // LIF: tau (divide); PLIF: sigmoid(w) (multiply)
+  double vth, vr;
+  double alpha;  // surrogate sharpness
+  int threads;
+};
+
+template <typename F, bool MUL>
+inline F charge(F v, F x, F k, F vr) {
+  if (MUL) return v + (x - (v - vr)) * k;  // PLIFNeuron.neuronal_charge
+  return v + (x - (v - vr)) / k;           // LIFNeuron.neuronal_charge
+}
+
+template <typename F, bool GATE>
+inline F fire(F h, F vth, const F* g, int64_t j) {
+  F s = (h - vth) >= F(0) ? F(1) : F(0);  // _HeavisideSpike.forward(h - v_threshold)
+  if (GATE) s = s * g[j];                 // BaseNeuron._gate
+  return s;
+}
+
+template <typename F>
+inline F hard_reset(F h, F s, F vr) {
+  return h * (F(1) - s) + vr * s;  // BaseNeuron.neuronal_reset
+}
+
+template <typename F, bool SIGMOID>
+inline F surrogate_grad(F z, F alpha, F c1, F c2) {
+  if (SIGMOID) {  // SigmoidSurrogate.derivative: alpha * sig * (1 - sig)
+    const F sig = F(1) / (F(1) + std::exp(-(alpha * z)));
+    return alpha * sig * (F(1) - sig);
+  }
+  const F y = c1 * z;  // ATanSurrogate.derivative: (alpha / 2) / (1 + (pi / 2 * alpha * z)^2)
+  return F(1) / (F(1) + y * y) * c2;
+}
+
+template <typename F, bool MUL, bool GATE, bool WRITE_H>
+void forward_item(const F* x, const F* gate, F* s, F* h, const Params& p, int64_t off, int64_t j0, int64_t n) {
+  const F k = F(p.k), vth = F(p.vth), vr = F(p.vr);
+  const int64_t N = p.B * p.L;
+  F v[kBlock];
+  for (int64_t j = 0; j < n; ++j) v[j] = vr;
+  for (int64_t t = 0; t < p.T; ++t) {
+    const F* xt = x + t * N + off;
+    const F* gt = GATE ? gate + t * p.L + j0 : nullptr;
+    F* st = s + t * N + off;
+    F* ht = WRITE_H ? h + t * N + off : nullptr;
+    for (int64_t j = 0; j < n; ++j) {
+      const F hj = charge<F, MUL>(v[j], xt[j], k, vr);
+      const F sj = fire<F, GATE>(hj, vth, gt, j);
+      if (WRITE_H) ht[j] = hj;
+      st[j] = sj;
+      v[j] = hard_reset(hj, sj, vr);
+    }
+  }
+}
+
+template <typename F, bool MUL, bool GATE, bool SIGMOID, bool DETACH, bool GRAD_K>
+double backward_item(const F* gs, const F* h, const F* x, const F* gate, F* gx, const Params& p, int64_t off,
+                     int64_t j0, int64_t n) {
+  const F k = F(p.k), vth = F(p.vth), vr = F(p.vr), alpha = F(p.alpha);
+  const F c1 = F(kPi / 2 * p.alpha), c2 = F(p.alpha / 2);
+  const int64_t N = p.B * p.L;
+  F gv[kBlock];  // dL/dV[t], flowing backwards in time
+  double acc = 0.0;
+  for (int64_t j = 0; j < n; ++j) gv[j] = F(0);
+  for (int64_t t = p.T - 1; t >= 0; --t) {
+    const F* ht = h + t * N + off;
+    const F* gst = gs + t * N + off;
+    const F* gt = GATE ? gate + t * p.L + j0 : nullptr;
+    const F* hp = (GRAD_K && t > 0) ? h + (t - 1) * N + off : nullptr;
+    const F* gp = (GRAD_K && GATE && t > 0) ? gate + (t - 1) * p.L + j0 : nullptr;
+    const F* xt = GRAD_K ? x + t * N + off : nullptr;
+    F* gxt = gx + t * N + off;
+    for (int64_t j = 0; j < n; ++j) {
+      const F hj = ht[j];
+      const F z = hj - vth;
+      const F sj = fire<F, GATE>(hj, vth, gt, j);
+      F gsj = gst[j];  // dL/dS[t]: the output's gradient, plus the reset's unless it is detached
+      if (!DETACH) gsj = gsj + (gv[j] * vr - gv[j] * hj);
+      const F graw = GATE ? gsj * gt[j] : gsj;
+      const F gh = gv[j] * (F(1) - sj) + graw * surrogate_grad<F, SIGMOID>(z, alpha, c1, c2);
+      if (GRAD_K) {  // dH/dk = X - (V[t-1] - V_reset), V[t-1] recomputed from H[t-1]
+        F vp = vr;
+        if (t > 0) vp = hard_reset(hp[j], fire<F, GATE>(hp[j], vth, gp, j), vr);
+        acc += double(gh * (xt[j] - (vp - vr)));
+      }
+      const F ga = MUL ? gh * k : gh / k;  // dL/dX[t]
+      gxt[j] = ga;
+      gv[j] = gh - ga;  // dL/dV[t-1] = gh * (1 - k)
+    }
+  }
+  return acc;
+}
+
+// Work items: B samples x ceil(L / kBlock) chunks.
+inline int64_t chunks(const Params& p) { return (p.L + kBlock - 1) / kBlock; }
+
+template <typename F, bool MUL, bool GATE, bool WRITE_H>
+void forward_all(const F* x, const F* gate, F* s, F* h, const Params& p) {
+  const int64_t per = chunks(p), items = p.B * per;
+#pragma omp parallel for schedule(static) num_threads(p.threads) if (p.threads > 1)
+  for (int64_t i = 0; i < items; ++i) {
+    const int64_t b = i / per, j0 = (i % per) * kBlock;
+    forward_item<F, MUL, GATE, WRITE_H>(x, gate, s, h, p, b * p.L + j0, j0, std::min(kBlock, p.L - j0));
+  }
+}
+
+template <typename F, bool MUL, bool GATE, bool SIGMOID, bool DETACH, bool GRAD_K>
+double backward_all(const F* gs, const F* h, const F* x, const F* gate, F* gx, const Params& p) {
+  const int64_t per = chunks(p), items = p.B * per;
+  std::vector<double> partial(GRAD_K ? items : 0);
+#pragma omp parallel for schedule(static) num_threads(p.threads) if (p.threads > 1)
+  for (int64_t i = 0; i < items; ++i) {
+    const int64_t b = i / per, j0 = (i % per) * kBlock;
+    const double a = backward_item<F, MUL, GATE, SIGMOID, DETACH, GRAD_K>(gs, h, x, gate, gx, p, b * p.L + j0, j0,
+                                                                          std::min(kBlock, p.L - j0));
+    if (GRAD_K) partial[i] = a;
+  }
+  double total = 0.0;  // summed in a fixed order: deterministic for any number of threads
+  for (double a : partial) total += a;
+  return total;
+}
+
+// Turns runtime flags into template arguments.
+template <typename Fn>
+void with_flag(bool flag, Fn&& fn) {
+  if (flag) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
+  }
+}
+
+template <typename F>
+void forward_typed(const void* x, const void* gate, void* s, void* h, const Params& p, bool mul) {
+  with_flag(mul, [&](auto M) {
+    with_flag(gate != nullptr, [&](auto G) {
+      with_flag(h != nullptr, [&](auto W) {
+        forward_all<F, decltype(M)::value, decltype(G)::value, decltype(W)::value>(
+            static_cast<const F*>(x), static_cast<const F*>(gate), static_cast<F*>(s), static_cast<F*>(h), p);
+      });
+    });
+  });
+}
+
+template <typename F>
+double backward_typed(const void* gs, const void* h, const void* x, const void* gate, void* gx, const Params& p,
+                      bool mul, bool sigmoid, bool detach, bool grad_k) {
+  double result = 0.0;
+  with_flag(mul, [&](auto M) {
+    with_flag(gate != nullptr, [&](auto G) {
+      with_flag(sigmoid, [&](auto S) {
+        with_flag(detach, [&](auto D) {
+          with_flag(grad_k && mul, [&](auto K) {
+            result = backward_all<F, decltype(M)::value, decltype(G)::value, decltype(S)::value, decltype(D)::value,
+                                  decltype(K)::value>(static_cast<const F*>(gs), static_cast<const F*>(h),
+                                                      static_cast<const F*>(x), static_cast<const F*>(gate),
+                                                      static_cast<F*>(gx), p);
+          });
+        });
+      });
+    });
+  });
+  return result;
+}
+
+}  // namespace
+
+extern "C" {
+
+// dtype: 0 = float32, 1 = float64. mul: 0 = LIF (divide by k = tau), 1 = PLIF (multiply by k = sigmoid(w)).
+// h may be null (not needed). Returns 0, or -1 for an unknown dtype.
+int nni_dpap_lif_forward(int dtype, const void* x, const void* gate, void* s, void* h, int64_t T, int64_t B,
+                         int64_t L, double k, double vth, double vr, int mul, int threads) {
+  const Params p{T, B, L, k, vth, vr, 0.0, threads};
+  if (dtype == 0) {
+    forward_typed<float>(x, gate, s, h, p, mul != 0);
+  } else if (dtype == 1) {
+    forward_typed<double>(x, gate, s, h, p, mul != 0);
+  } else {
+    return -1;
+  }
+  return 0;
+}
+
+// Writes dL/dX into gx; returns dL/dk (PLIF with grad_k != 0; x is only read then), else 0.
+double nni_dpap_lif_backward(int dtype, const void* gs, const void* h, const void* x, const void* gate, void* gx,
+                             int64_t T, int64_t B, int64_t L, double k, double vth, double vr, int mul,
+                             int sigmoid, double alpha, int detach, int grad_k, int threads) {
+  const Params p{T, B, L, k, vth, vr, alpha, threads};
+  if (dtype == 0) return backward_typed<float>(gs, h, x, gate, gx, p, mul != 0, sigmoid != 0, detach != 0, grad_k != 0);
+  return backward_typed<double>(gs, h, x, gate, gx, p, mul != 0, sigmoid != 0, detach != 0, grad_k != 0);
+}
+
+int nni_dpap_lif_abi_version(void) { return 1; }
+
+}  // extern "C"
