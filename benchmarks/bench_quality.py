@@ -4,13 +4,17 @@ For the digits SNN (15C3-AP2-40C3-AP2-300FC-10FC, T = 4, 60 epochs) and the digi
 (20C5-MP2-50C5-MP2-500FC-10FC, 40 epochs), over seeds 0, 1, 2:
 
 * dense training;
-* DPAP, ``braincog`` and ``paper`` presets (the demo's relative schedule);
+* DPAP, ``braincog`` and ``paper`` presets (the library's defaults for the run);
 * NNI's ``TaylorPruner`` (train half the epochs, collect Taylor scores for one epoch,
   prune, fine-tune the rest), ``L1NormPruner`` + fine-tuning (half dense, prune,
   half fine-tune) and ``MovementPruner`` (pruning throughout), each set to the sparsity
   DPAP (braincog) reached on that seed, layer by layer, weight by weight.
 
-Every method trains for the same number of epochs from the same initial weights.
+Every method trains for the same number of epochs from the same initial weights and
+sees the same batches in the same order (a fresh loader per method, same seed). The
+baselines' "sparsity" is taken from DPAP's weight masks; ``bench_frontier.py`` is the
+fairer comparison (sizes counted as physical removal keeps them, 5 seeds, several
+operating points) and supersedes this table for accuracy at equal size.
 Columns: test accuracy (held-out split, after the last epoch), prunable parameters kept,
 FLOPs kept, energy relative to the dense model (SNN; counted synaptic operations), and
 the first epoch at which the test accuracy reaches the dense run's best (the paper's
@@ -136,6 +140,8 @@ def main() -> None:
             dense_best = 1.0
             sparsity: dict[str, float] | None = None
             for method in METHODS:
+                # a fresh loader per method, same seed: every method sees the same batches in the same order
+                loaders = digits_loaders(64, seed=seed)
                 model, accuracies, reached = run_method(method, net, seed, device, sparsity, loaders, epochs)
                 if reached is not None and method == "DPAP braincog":
                     sparsity = reached
