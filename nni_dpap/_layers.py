@@ -25,7 +25,7 @@ from .plasticity import reduce_spatial
 from .policy import DPAPConfig, SurvivalState
 from .slicing import KeptIndices
 
-__all__ = ["LayerState", "group_connectivity", "layer_size", "neuron_time_masks"]
+__all__ = ["LayerState", "group_connectivity", "layer_size", "neuron_time_masks", "removable_fraction"]
 
 _logger = logging.getLogger(__name__)
 
@@ -282,3 +282,13 @@ def neuron_time_masks(layers: Iterable[LayerState]) -> dict[str, Tensor]:
             continue
         keep[name] = torch.maximum(keep[name], mask) if name in keep and keep[name].shape == mask.shape else mask
     return keep
+
+
+def removable_fraction(layers: Iterable[LayerState]) -> float:
+    """Share of the layers' weights in output units that are pruned but still present (a shrink would remove)."""
+    removable = total = 0
+    for layer in layers:
+        per_unit = layer.weight.numel() // max(layer.n_out, 1)
+        removable += (layer.n_out - int(layer.neuron_mask.sum())) * per_unit
+        total += layer.weight.numel()
+    return removable / total if total else 0.0

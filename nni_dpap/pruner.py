@@ -11,6 +11,7 @@ _generate_sparsity`` before ``update_masks``.
 from __future__ import annotations
 
 import logging
+import time
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
@@ -23,17 +24,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ._collector import SignalCollector
 from ._config_list import resolve_links
-from ._layers import LayerState, neuron_time_masks
+from ._layers import LayerState, neuron_time_masks, removable_fraction
 from ._nni import check_evaluator, check_model, evaluator_optimizers
 from ._validate import check_int
 from .adapters import find_adapter
 from .distributed import ddp_prefix, mean_over_ranks, strip_prefix, sum_over_ranks, world_size
 from .errors import ConfigError, TrainingError
 from .graph import LayerLink
-from .policy import DPAPConfig, get_preset
-from .policy.defaults import default_hparams
+from .policy import DPAPConfig
+from .policy.defaults import configuration
 from .report import record_epoch, time_sparsity
-from .shrink import remap_optimizer
+from .shrink import ShrinkPolicy, remap_optimizer
 from .slicing import KeptIndices
 from .speedup import speedup_with_indices
 
@@ -44,15 +45,6 @@ _METRICS = dict[str, dict[str, Tensor]]
 _STEP_MISMATCH = ("the training function made %d optimizer steps, but epochs * steps_per_epoch = %d * %d = %d: "
                   "DPAP's epochs were not the training loop's epochs. Pass steps_per_epoch=len(train_loader) and "
                   "make the training function respect max_steps / max_epochs.")
-
-
-def _configuration(preset: str | DPAPConfig, hparams: Mapping[str, Any] | None, epochs: int) -> DPAPConfig:
-    if hparams is not None and not isinstance(hparams, Mapping):
-        raise ConfigError(f"hparams must be a dict of flat DPAP hyper-parameters such as {{'conv_eps': 0.8}}, "
-                          f"got {type(hparams).__name__}")
-    if isinstance(preset, DPAPConfig):  # an explicit configuration is used as given
-        return get_preset(preset, **dict(hparams or {})).resolve(epochs)
-    return get_preset(preset, **{**default_hparams(epochs, preset), **dict(hparams or {})}).resolve(epochs)
 
 
 def _check_shrinking(model: nn.Module, shrink_every: Any, dummy_input: Any) -> int | None:
@@ -70,6 +62,7 @@ def _check_shrinking(model: nn.Module, shrink_every: Any, dummy_input: Any) -> i
 
 def _before_training(pruner: DPAPPruner) -> None:
     """Data-parallel thresholds; refuse ``shrink_every`` when other compressors share the model (NNI fusion)."""
+    pruner._epoch_clock = time.perf_counter()
     if world_size() > 1:  # data-parallel: the thresholds follow the mean over the ranks
         for layer in pruner._layers.values():
             layer.stats.batch_mean = mean_over_ranks
@@ -85,6 +78,17 @@ def _before_training(pruner: DPAPPruner) -> None:
                           f"or distiller wraps {foreign}): shrinking replaces the layers and would drop their "
                           "wrappers. Use shrink_every=None and remove the pruned units after training with "
                           "nni_dpap.speedup (or nni_dpap.quantize.shrink_and_quantize)")
+
+
+def _shrink_due(pruner: DPAPPruner) -> bool:
+    """At the end of an epoch: a shrink is scheduled, something new was pruned and the shrink pays."""
+    now, started = time.perf_counter(), pruner._epoch_clock
+    pruner._epoch_clock = now
+    if pruner.shrink_every is None or (pruner.current_epoch + 1) % pruner.shrink_every or \
+            not pruner._pruned_since_shrink:
+        return False
+    return pruner.shrink_policy.pays(removable_fraction(pruner._layers.values()), now - started,
+                                     pruner.epochs - pruner.current_epoch - 1)
 
 
 class DPAPPruner(Pruner):
@@ -134,8 +138,8 @@ class DPAPPruner(Pruner):
         Also prune (neuron or channel, time step) pairs of spiking nets (Eq. 8): a pair whose survival
         value falls below zero is silenced at that step for the rest of training.
     shrink_every
-        Physically shrink the model in place every ``shrink_every`` epochs (when something new was
-        pruned) and keep training the smaller model; optimizer state and DPAP's state are sliced.
+        Physically shrink the model in place every ``shrink_every`` epochs when new units were pruned and
+        the saving repays the cost (:class:`~nni_dpap.shrink.ShrinkPolicy`); training goes on, smaller.
     dummy_input
         An input batch for shrinking (default: the evaluator's ``dummy_input``).
     existed_wrappers
@@ -162,7 +166,7 @@ class DPAPPruner(Pruner):
         self.epochs = check_int("epochs", epochs)
         self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, hint=" (pass len(train_loader))")
         self.keep_at_least = check_int("keep_at_least", keep_at_least, minimum=0)
-        self.dpap_config = _configuration(preset, hparams, self.epochs)
+        self.dpap_config = configuration(preset, hparams, self.epochs)
         self._dummy_input = dummy_input if dummy_input is not None else getattr(evaluator, "dummy_input", None)
         self.shrink_every = _check_shrinking(model, shrink_every, self._dummy_input)
         self._leaf_modules, self._concrete_args = tuple(leaf_modules), concrete_args
@@ -185,7 +189,7 @@ class DPAPPruner(Pruner):
         self.current_epoch, self._global_step, self.shrinks, self._pruned_since_shrink = 0, 0, 0, False
         self._masked: set[str] = set()
         self.history: list[dict[str, Any]] = []
-        self.writer, self._hooks = writer, list[Any]()
+        self.writer, self._hooks, self.shrink_policy, self._epoch_clock = writer, list[Any](), ShrinkPolicy(), 0.0
 
     def _target(self, module_name: str, target_name: str) -> Tensor:
         target = self._module_wrappers[module_name].pruning_target_spaces[target_name].target
@@ -284,8 +288,7 @@ class DPAPPruner(Pruner):
         self._refresh_masks(update=False)
         survival = {name: layer.survival_values() for name, layer in self._layers.items()}
         self.history.append(record_epoch(self.current_epoch, self.summary(), survival, self.writer, self.temporal))
-        if self.shrink_every is not None and (self.current_epoch + 1) % self.shrink_every == 0 \
-                and self._pruned_since_shrink:
+        if _shrink_due(self):
             self.shrink()
         self.current_epoch += 1
 
@@ -318,6 +321,7 @@ class DPAPPruner(Pruner):
         """Remove the pruned units physically now and carry the training state over (the model object stays)."""
         if self._dummy_input is None:
             raise ConfigError("shrinking needs dummy_input=... (DPAPPruner or TorchEvaluator)")
+        start = time.perf_counter()
         model, masks, was_training = self.bound_model, self.get_masks(), self.bound_model.training
         old_params = dict(model.named_parameters())  # (NNI's wrappers hold the parameters: remap after rewrapping)
         own_hooks = [h for h in self._hooks if h.handle is not None]
@@ -344,7 +348,7 @@ class DPAPPruner(Pruner):
         self._refresh_masks()
         if own_hooks:
             self._register_hooks(self.evaluator)
-        self._pruned_since_shrink = False
+        self._pruned_since_shrink, self.shrink_policy.last_cost = False, time.perf_counter() - start
         self.shrinks += 1
         _logger.info("DPAP shrank the model at epoch %d: %s", self.current_epoch,
                      ", ".join(f"{n} {lay.n_out}" for n, lay in self._layers.items()))

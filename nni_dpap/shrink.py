@@ -1,15 +1,17 @@
-"""Carry training state across a physical shrink: optimizer parameters and their state.
+"""Carry training state across a physical shrink (optimizer parameters and their state); decide if one pays.
 
 After :func:`nni_dpap.speedup.speedup_with_indices` has replaced layers by smaller
 ones, the optimizer still points at the old parameters. :func:`remap_optimizer`
 swaps them for the new ones, in place (so the training loop and the LR scheduler,
 which hold the optimizer object, keep working), and slices every state tensor shaped
 like its parameter (Adam/AdamW moments, SGD momentum) to the kept units.
+:class:`ShrinkPolicy` skips a shrink whose saving would not repay its cost.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 
 from .slicing import KeptIndices, slice_to
 
-__all__ = ["remap_optimizer", "module_of"]
+__all__ = ["remap_optimizer", "module_of", "ShrinkPolicy"]
 
 _logger = logging.getLogger(__name__)
 
@@ -83,3 +85,41 @@ def remap_optimizer(
         _logger.warning("optimizer state of %s could not be sliced and starts afresh", ", ".join(reset))
     return reset
 
+
+
+@dataclass
+class ShrinkPolicy:
+    """Whether a physical shrink pays for itself in wall-clock.
+
+    A shrink costs about the same each time (tracing the model, NNI's re-wrapping, the
+    optimizer surgery), whatever it removes; it saves, on every epoch still to come, about
+    the share of the epoch that the removable units' weights account for. The first shrink
+    is always made (it measures the cost); later ones only when
+    ``removable x epoch_seconds x remaining_epochs >= last_cost``.
+
+    Attributes
+    ----------
+    last_cost
+        Seconds the last shrink took (``None`` before the first).
+    skipped
+        Shrinks skipped so far.
+    always
+        Shrink whenever new units were pruned, paying or not (e.g. to end training with the
+        smallest model; ``nni_dpap.speedup`` after training does the same at once).
+    """
+
+    last_cost: float | None = None
+    skipped: int = 0
+    always: bool = False
+
+    def pays(self, removable: float, epoch_seconds: float, remaining_epochs: int) -> bool:
+        """Decide for a shrink that would remove ``removable`` (0..1) of the pruned layers' weights."""
+        if removable <= 0.0:
+            return False
+        if self.always or self.last_cost is None or removable * epoch_seconds * remaining_epochs >= self.last_cost:
+            return True
+        self.skipped += 1
+        _logger.info("shrink skipped: it would save about %.2f s (%.1f%% of the weights x %.2f s x %d epochs), "
+                     "less than its cost of %.2f s", removable * epoch_seconds * remaining_epochs, 100 * removable,
+                     epoch_seconds, remaining_epochs, self.last_cost)
+        return False

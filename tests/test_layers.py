@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from helpers import assert_close
-from nni_dpap._layers import LayerState, group_connectivity, neuron_time_masks
+from nni_dpap._layers import LayerState, group_connectivity, neuron_time_masks, removable_fraction
 from nni_dpap.errors import ConfigError, ShapeError
 from nni_dpap.graph import LayerLink, Readout
 from nni_dpap.policy import get_preset
@@ -111,3 +111,13 @@ def test_bcm_weight_synapse_importance_scales_by_the_weight():
     strength = (torch.arange(54.0).view(3, 2, 9) - 20.0).abs().sum(-1)  # |w| summed over each kernel slice
     assert_close(scaled["synapse"], base["synapse"] * strength)
     assert_close(scaled["neuron"], base["neuron"])
+
+
+def test_removable_fraction_counts_pruned_units_still_present():
+    linear, conv = _state("linear"), _state("conv")  # 3 x 2 weights; 3 x 2 x 3 x 3
+    assert removable_fraction([linear, conv]) == 0.0
+    assert linear.neurons is not None and conv.neurons is not None
+    linear.neurons.mask = torch.tensor([True, False, True])
+    conv.neurons.mask = torch.tensor([False, False, True])
+    assert removable_fraction([linear]) == pytest.approx(1 / 3)
+    assert removable_fraction([linear, conv]) == pytest.approx((2 + 36) / (6 + 54))

@@ -12,7 +12,7 @@ from nni_dpap import DPAPPruner
 from nni_dpap.data import digits_loaders
 from nni_dpap.errors import ConfigError
 from nni_dpap.report import layer_costs
-from nni_dpap.shrink import module_of, remap_optimizer
+from nni_dpap.shrink import ShrinkPolicy, module_of, remap_optimizer
 from nni_dpap.slicing import KeptIndices
 from nni_dpap.training import classification_step, evaluate_accuracy, make_training_func
 from helpers import PRESET_RULE
@@ -81,6 +81,7 @@ def _run(net_cls, shrink_every, epochs=6):
     evaluator = TorchEvaluator(train, optimizer, step, scheduler, dummy_input=torch.rand(4, 1, 8, 8))
     pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=epochs,
                         steps_per_epoch=len(train_loader), hparams=FAST, shrink_every=shrink_every)
+    pruner.shrink_policy.always = True  # every shrink, to compare with the masked run epoch by epoch
     model, _ = pruner.compress()
     pruner.unwrap_model()
     costs = {n: c.params_kept for n, c in layer_costs(model, torch.rand(2, 1, 8, 8)).items()}
@@ -120,3 +121,26 @@ def test_shrink_needs_an_input(tiny_ann, make_evaluator, digits):
     with pytest.raises(ConfigError, match="dummy_input"):
         DPAPPruner(tiny_ann, [{"op_types": ["Linear"]}], make_evaluator(tiny_ann), epochs=2,
                    steps_per_epoch=len(digits[0]), shrink_every=1)
+
+
+def test_shrink_policy_weighs_saving_against_cost():
+    policy = ShrinkPolicy()
+    assert not policy.pays(0.0, 10.0, 5)  # nothing to remove
+    assert policy.pays(0.01, 10.0, 5)  # the first shrink measures the cost
+    policy.last_cost = 1.0
+    assert policy.pays(0.05, 10.0, 2)  # saves 0.05 x 10 s x 2 = 1.0 s >= 1.0 s
+    assert not policy.pays(0.04, 10.0, 2) and not policy.pays(0.5, 10.0, 0) and policy.skipped == 2
+    policy.always = True
+    assert policy.pays(0.001, 1.0, 0)
+
+
+def test_a_shrink_that_does_not_pay_is_skipped(tiny_ann, make_evaluator, digits):
+    pruner = DPAPPruner(tiny_ann, [{"op_types": ["Conv2d", "Linear"]}], make_evaluator(tiny_ann), epochs=4,
+                        steps_per_epoch=len(digits[0]), hparams=FAST, shrink_every=1,
+                        dummy_input=torch.rand(2, 1, 8, 8))
+    pruner.shrink_policy.last_cost = 1e9  # as if shrinking took forever
+    pruner.compress()
+    assert sum(h["layers"]["fc1"]["neurons_kept"] < 32 for h in pruner.history) > 0  # units were pruned
+    assert pruner.shrinks == 0 and pruner.shrink_policy.skipped >= 1
+    assert pruner.bound_model.fc1.out_features == 32  # masked, not removed
+

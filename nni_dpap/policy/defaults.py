@@ -35,11 +35,13 @@ the digits SNN's prunable parameters at 96.8-97.8% (3 seeds, 40 epochs).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from .._validate import check_choice, check_int
+from ..errors import ConfigError
+from .config import DPAPConfig, get_preset
 
-__all__ = ["CALIBRATIONS", "BETA_PER_EPOCH", "MIN_BETA", "default_hparams"]
+__all__ = ["CALIBRATIONS", "BETA_PER_EPOCH", "MIN_BETA", "default_hparams", "configuration"]
 
 _COMMON: dict[str, Any] = {
     "relative_schedule": True, "conv_eta": 0.2, "linear_eta": 0.2, "conv_start_epoch": 0.2,
@@ -72,3 +74,17 @@ def default_hparams(epochs: int, preset: str = "braincog") -> dict[str, Any]:
     check_choice("preset", preset, sorted(CALIBRATIONS))
     beta = round(max(BETA_PER_EPOCH * epochs, MIN_BETA), 3)
     return {**CALIBRATIONS[preset], "conv_beta": beta, "linear_beta": beta}
+
+
+def configuration(preset: str | DPAPConfig, hparams: Mapping[str, Any] | None, epochs: int) -> DPAPConfig:
+    """The configuration ``DPAPPruner(preset=..., hparams=..., epochs=...)`` runs, with an absolute schedule.
+
+    A preset name gets :func:`default_hparams` for ``epochs`` with ``hparams`` on top; a
+    :class:`DPAPConfig` is used as given (``hparams`` still apply).
+    """
+    if hparams is not None and not isinstance(hparams, Mapping):
+        raise ConfigError(f"hparams must be a dict of flat DPAP hyper-parameters such as {{'conv_eps': 0.8}}, "
+                          f"got {type(hparams).__name__}")
+    if isinstance(preset, DPAPConfig):
+        return get_preset(preset, **dict(hparams or {})).resolve(epochs)
+    return get_preset(preset, **{**default_hparams(epochs, preset), **dict(hparams or {})}).resolve(epochs)
