@@ -337,6 +337,16 @@ def _mean_std(values: list[float], digits: int = 2) -> str:
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _paired(records: list[dict[str, Any]], dense_of: dict[int, float]) -> str:
+    """Mean ± std of the accuracy minus the dense run's of the same seed."""
+    diffs = [r["accuracy"] - dense_of[r["seed"]] for r in records if r["seed"] in dense_of]
+    if not diffs:
+        return "-"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.2f}"
+    return f"{statistics.fmean(diffs):+.2f} ± {statistics.stdev(diffs):.2f}"
+
+
 def summarize(records: list[dict[str, Any]]) -> tuple[list[tuple[str, str]], dict[str, Any]]:
     tables, summary = [], {}
     for net in dict.fromkeys(r["net"] for r in records):
@@ -344,24 +354,23 @@ def summarize(records: list[dict[str, Any]]) -> tuple[list[tuple[str, str]], dic
         for r in records:
             if r["net"] == net:
                 groups.setdefault((r["point"], r["method"]), []).append(r)
-        dense = groups.get(("-", "dense"), [])
-        dense_acc = statistics.fmean(r["accuracy"] for r in dense) if dense else float("nan")
+        dense_of = {r["seed"]: r["accuracy"] for r in groups.get(("-", "dense"), [])}
         for (point, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "-", kv[0][0],
                                                                            not kv[0][1].startswith("dpap"))):
             acc = [r["accuracy"] for r in rs]
             reached = [r["epochs_to_dense"] for r in rs if r["epochs_to_dense"] is not None]
             rows.append([point, method, len(rs), _mean_std([100 * r["params_removed"] for r in rs], 1),
                          _mean_std(acc), _mean_std([r["accuracy_final"] for r in rs]),
-                         f"{statistics.fmean(acc) - dense_acc:+.2f}",
+                         _paired(rs, dense_of),
                          f"{statistics.fmean(reached):.1f} ({len(reached)}/{len(rs)})" if reached
                          else f"never (0/{len(rs)})"])
             summary.setdefault(net, {})[f"{point}/{method}"] = {
                 "params_removed_mean": statistics.fmean(r["params_removed"] for r in rs),
                 "accuracy_mean": statistics.fmean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                 "seeds": len(rs)}
-        tables.append((f"{net}", format_table(rows, ["point", "method", "seeds", "params removed %",
-                                                     "accuracy % (last 5)", "accuracy % (final)", "vs dense",
-                                                     "epochs to dense best"])))
+        tables.append((f"{net}", format_table(rows, [
+            "point", "method", "seeds", "params removed %", "accuracy % (last 5)", "accuracy % (final)",
+            "vs dense (same seed)", "epochs to dense best"])))
     return tables, summary
 
 
@@ -403,6 +412,8 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--summary-only", action="store_true",
+                   help="only summarise the records already in frontier.jsonl (after an interrupted run)")
     args = p.parse_args()
     device = setup(args)
     results = Path(args.results_dir)
@@ -418,7 +429,7 @@ def main() -> None:
               f"{100 * record['params_removed']:.1f}%, accuracy {record['accuracy']:.2f}% (final "
               f"{record['accuracy_final']:.2f}%), {record['seconds']:.0f} s", flush=True)
 
-    for name in args.nets:
+    for name in args.nets if not args.summary_only else []:
         for seed in args.seeds:
             run_seed(name, NETS[name], seed, device, args.quick, records, write)
     wanted = [r for r in records if r["net"] in args.nets]
