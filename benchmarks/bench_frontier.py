@@ -390,6 +390,15 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
             if r["net"] == net:
                 groups.setdefault((r["method"], r["point"]), []).append(r)
         labelled = set()
+        dense = groups.pop(("dense", "-"), [])
+        if dense:  # the dense model as a line with its spread over seeds
+            mean = statistics.fmean(r["accuracy"] for r in dense)
+            spread = statistics.stdev(r["accuracy"] for r in dense) if len(dense) > 1 else 0.0
+            ax.axhline(mean, color="k", lw=1, label=f"dense ({len(dense)} seeds)")
+            ax.axhspan(mean - spread, mean + spread, color="k", alpha=0.08)
+        removed = [100 * r["params_removed"] for rs in groups.values() for r in rs]
+        if removed:
+            ax.set_xlim(max(0.0, min(removed) - 3), min(100.0, max(removed) + 2))
         for (method, _point), rs in groups.items():
             family = "dpap" if method.startswith("dpap") else method
             marker, colour = markers[family]
