@@ -129,19 +129,20 @@ def resolve_links(model: nn.Module, config_list: Sequence[dict[str, Any]], *, te
     prefix = ddp_prefix(model)
     inner: nn.Module = model.module if prefix else model  # type: ignore[assignment]
     neuron_map = {strip_prefix(k, prefix): strip_prefix(v, prefix) for k, v in (neuron_map or {}).items()}
+
+    def links(targets: list[str]) -> GraphInfo:
+        return with_prefix(link_layers(inner, [strip_prefix(t, prefix) for t in targets], leaf_modules=leaf_modules,
+                                       concrete_args=concrete_args, neuron_map=neuron_map), prefix)
+
     first = next((n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
     targets = selected if prune_first_conv else [t for t in selected if t != first]
-    info = with_prefix(link_layers(inner, [strip_prefix(t, prefix) for t in targets], leaf_modules=leaf_modules,
-                                   concrete_args=concrete_args, neuron_map=neuron_map), prefix)
+    info = links(targets)
     if targets != selected:
         if info.links:
             _logger.info("%s is the first conv layer: DPAP leaves it unpruned, as the released code does "
                          "(hparams {'prune_first_conv': True} prunes it)", first)
         else:  # it is the only hidden layer selected: prune it after all
-            targets = selected
-            info = with_prefix(link_layers(inner, [strip_prefix(t, prefix) for t in targets],
-                                           leaf_modules=leaf_modules, concrete_args=concrete_args,
-                                           neuron_map=neuron_map), prefix)
+            info = links(selected)
     for name in info.output_layers:
         _logger.info("%s is an output layer: DPAP never prunes output layers, it is left untouched", name)
     if not info.links:

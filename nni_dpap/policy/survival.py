@@ -182,15 +182,14 @@ class SurvivalState:
         if factor == 0.0 or (self.rule.stop_epoch is not None and epoch >= self.rule.stop_epoch):
             return 0
         importance = importance.to(self.value.device)
-        form = self.form
-        if form.alive_only and int(self.mask.sum()) >= 2:
+        form, alive_before = self.form, int(self.mask.sum())
+        if form.alive_only and alive_before >= 2:
             norm = torch.zeros_like(importance, dtype=torch.float32)
             norm[self.mask] = normalize(importance[self.mask], form.normalization, form.percentiles)
         else:
             norm = normalize(importance, form.normalization, form.percentiles, extra_zeros)
-        increment = survival_increment(norm, self.rule.eps, self.rule.bonus, self.form.strict_positive)
+        increment = survival_increment(norm, self.rule.eps, self.rule.bonus, form.strict_positive)
         self.value = update_survival(self.value, increment, self.rule.gamma, factor)
-        alive_before = int(self.mask.sum())
         new_mask = self.mask & (self.value >= 0)
         if keep_at_least and int(new_mask.sum()) < min(keep_at_least, alive_before):
             ranked = torch.where(self.mask, self.value, torch.full_like(self.value, -math.inf)).flatten()
