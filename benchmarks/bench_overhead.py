@@ -33,7 +33,8 @@ def main() -> None:
             model, torch.optim.Adam(model.parameters(), lr=work["lr"]), classification_step, None, None,
             work["epochs"])
         hooked_times: list[float] = []
-        dpap_train(work, device, hparams={"conv_start_epoch": 0.99, "linear_start_epoch": 0.99},
+        dpap_train(work, device, hparams={"conv_start_epoch": 0.99, "linear_start_epoch": 0.99,
+                                            "conv_stop_epoch": None, "linear_stop_epoch": None},
                    step_times=hooked_times)
         plain = statistics.median(plain_times[20:])
         hooked = statistics.median(hooked_times[20:])
