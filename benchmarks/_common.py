@@ -54,6 +54,21 @@ def median_time(fn: Callable[[], Any], device: torch.device, warmup: int = 10, r
     return statistics.median(times)
 
 
+def interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
+                repeats: int) -> dict[str, float]:
+    """Median seconds of each ``fn``, the functions taking turns after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(warmup + repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
     values = [v * scale for v in values]
     if len(values) == 1:

@@ -21,37 +21,20 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from _common import ROOT, parser, save, setup, sync
+from _common import ROOT, interleaved, parser, save, setup
 from torch import nn
 
 from nni_dpap.models import SpikingConvNet
 from nni_dpap.report import format_table
 from nni_dpap.snn import LIFNeuron, PLIFNeuron, fused
 from nni_dpap.snn.neurons import BACKENDS, set_backend
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
-                repeats: int) -> dict[str, float]:
-    """Median seconds of each ``fn``, the functions taking turns after ``warmup`` rounds."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for round_ in range(warmup + repeats):
-        for name, fn in fns.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _neuron_case(kind: str, shape: tuple[int, ...], T: int, device: torch.device) -> tuple[dict, dict]:

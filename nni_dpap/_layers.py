@@ -142,7 +142,8 @@ class LayerState:
 
     @property
     def weight(self) -> Tensor:
-        weight = self.module.weight
+        wrapper = getattr(self.module, "_nni_wrapper", None)  # wrapped: the parameter, not the last forward's copy
+        weight = getattr(wrapper, "weight", None) if wrapper is not None else self.module.weight
         assert isinstance(weight, Tensor)
         return weight
 

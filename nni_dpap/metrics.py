@@ -79,16 +79,66 @@ class LayerStatistics:
         self.tau = tau
         self.accumulation = accumulation
         self.temporal = temporal
-        self.theta = torch.zeros(n_out, device=device)
-        self.num_batches = 0
-        self.bcm = torch.zeros(n_out, n_in, device=device)
-        self.trace = torch.zeros(n_out, device=device)
+        self._theta = torch.zeros(n_out, device=device)
+        self._num_batches = 0
+        self._bcm = torch.zeros(n_out, n_in, device=device)
+        self._trace = torch.zeros(n_out, device=device)
         self.time: Tensor | None = None
         self._pre: list[Tensor] = []
         self._post: list[Tensor] = []
+        self._waiting: list[tuple[Tensor, Tensor]] = []  # (pre, post) traces of batches not yet in BCM
         # maps this process's batch mean of the post trace to the one the threshold should follow
         # (the mean over data-parallel ranks, see nni_dpap.distributed); identity by default
         self.batch_mean: Callable[[Tensor], Tensor] = lambda mean: mean
+
+    #: Batches whose traces wait for one batched BCM update (:meth:`flush`): the same sums as one update per
+    #: batch, in one matrix product instead of ``flush_every`` small ones (the hooks' cost on small nets).
+    flush_every = 16
+
+    # -- the accumulated statistics (reading them folds the waiting batches in first) ---------
+    @property
+    def bcm(self) -> Tensor:
+        """BCM plasticity summed over the window, ``[N_out, N_in]`` (Eq. 3)."""
+        self.flush()
+        return self._bcm
+
+    @bcm.setter
+    def bcm(self, value: Tensor) -> None:
+        self.flush()
+        self._bcm = value
+
+    @property
+    def theta(self) -> Tensor:
+        """BCM sliding threshold of each postsynaptic unit, ``[N_out]`` (Eqs. 4-5)."""
+        self.flush()
+        return self._theta
+
+    @theta.setter
+    def theta(self, value: Tensor) -> None:
+        self.flush()
+        self._theta = value
+
+    @property
+    def trace(self) -> Tensor:
+        """Postsynaptic trace summed over the window's samples, ``[N_out]``."""
+        self.flush()
+        return self._trace
+
+    @trace.setter
+    def trace(self, value: Tensor) -> None:
+        self.flush()
+        self._trace = value
+
+    @property
+    def num_batches(self) -> int:
+        """Batches observed since training began (the ``Num`` of Eq. 5)."""
+        self.flush()
+        return self._num_batches
+
+    @num_batches.setter
+    def num_batches(self, value: int) -> None:
+        self.flush()
+        self._num_batches = value
 
     # -- feeding -----------------------------------------------------------------------
     def add_pre(self, chunk: Tensor) -> None:
@@ -120,8 +170,10 @@ class LayerStatistics:
         if not self._pre or not self._post:
             self.discard_pending()
             return False
-        pre = torch.cat([p.reshape(-1, self.n_in) for p in self._pre], 0)
-        post = torch.cat(self._post, 0)
+        # (one call per batch is the rule: no copy then)
+        pre = self._pre[0].reshape(-1, self.n_in) if len(self._pre) == 1 else \
+            torch.cat([p.reshape(-1, self.n_in) for p in self._pre], 0)
+        post = self._post[0] if len(self._post) == 1 else torch.cat(self._post, 0)
         self.discard_pending()
         steps, batch = post.shape[:2]
         if pre.shape[0] != steps * batch:
@@ -137,11 +189,9 @@ class LayerStatistics:
         pre_traces = spike_trace_sequence(pre, self.tau) if self.temporal else None  # [T, B, n_in], Eq. (8)
         pre_trace = pre_traces[-1] if pre_traces is not None else spike_trace(pre, self.tau)
         post_trace = spike_trace(post, self.tau)  # [B, n_out]
-        self.num_batches += 1
-        self.bcm += bcm_plasticity(pre_trace, post_trace, self.theta)
-        self.theta = sliding_threshold(self.theta, self.batch_mean(post_trace.mean(0, keepdim=True)),
-                                       self.num_batches)
-        self.trace += post_trace.sum(0)
+        self._waiting.append((pre_trace, post_trace))
+        if len(self._waiting) >= self.flush_every:
+            self.flush()
         if pre_traces is not None:
             contribution = timestep_importance(pre_traces, post)
             if self.time is None or self.time.shape != contribution.shape:
@@ -151,6 +201,30 @@ class LayerStatistics:
                     )
                 self.time = torch.zeros_like(contribution)
             self.time += contribution
+
+    def flush(self) -> None:
+        """Fold the waiting batches into BCM, the sliding threshold and the trace sum, in one matrix product.
+
+        Batch ``k`` is gated by the threshold before its own update, as one update per batch would.
+        """
+        if not self._waiting:
+            return
+        pres, posts = zip(*self._waiting)
+        self._waiting = []
+        sizes = [p.shape[0] for p in posts]
+        if len(set(sizes)) == 1:
+            means = torch.stack(posts).mean(1)
+        else:  # (a smaller last batch)
+            means = torch.stack([p.mean(0) for p in posts])
+        means = self.batch_mean(means)  # [K, N_out]
+        thetas = [self._theta]
+        for k in range(len(posts)):  # Eq. (5), batch by batch: K small vector updates
+            thetas.append(sliding_threshold(thetas[-1], means[k : k + 1], self._num_batches + k + 1))
+        gate_theta = torch.stack(thetas[:-1]).repeat_interleave(torch.tensor(sizes, device=means.device), dim=0)
+        post_rows = torch.cat(posts)
+        self._bcm += bcm_plasticity(torch.cat(pres), post_rows, gate_theta)
+        self._theta, self._num_batches = thetas[-1], self._num_batches + len(posts)
+        self._trace += post_rows.sum(0)
 
     # -- reading -----------------------------------------------------------------------
     def window(self, reduce: Callable[[Tensor], Tensor] = lambda t: t.clone()) -> dict[str, Tensor]:

@@ -77,7 +77,7 @@ def spike_trace(x: Tensor, tau: float = 0.5, initial: Tensor | None = None) -> T
     x = reduce_spatial(x, channel_dim=2).float()
     steps = x.shape[0]
     if steps == 1 and initial is None:
-        return x[0].clone()
+        return x[0]  # (a view: callers only read traces)
     weights = tau ** torch.arange(steps - 1, -1, -1, dtype=x.dtype, device=x.device)
     trace: Tensor = torch.tensordot(weights, x, dims=1)
     if initial is not None:
@@ -111,7 +111,8 @@ def bcm_plasticity(pre: Tensor, post: Tensor, theta: Tensor) -> Tensor:
         Postsynaptic traces ``[B, N_out]``.
     theta
         Sliding thresholds ``[N_out]`` (before this batch's update, see
-        :func:`sliding_threshold`).
+        :func:`sliding_threshold`), or one row per sample ``[B, N_out]`` when the
+        rows come from several batches, each with its own threshold.
 
     Returns
     -------

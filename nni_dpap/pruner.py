@@ -20,15 +20,16 @@ from nni.compression.base.compressor import Pruner
 from nni.compression.base.wrapper import ModuleWrapper, register_wrappers
 from nni.compression.utils.evaluator import Evaluator
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ._collector import SignalCollector
+from ._fastwrap import FastForwards
+from ._lifecycle import after_training, before_training, check_shrinking, lean_forwards, shrink_due
 from ._config_list import resolve_links
-from ._layers import LayerState, neuron_time_masks, removable_fraction
+from ._layers import LayerState, neuron_time_masks
 from ._nni import check_evaluator, check_model, evaluator_optimizers
 from ._validate import check_int
 from .adapters import find_adapter
-from .distributed import ddp_prefix, mean_over_ranks, strip_prefix, sum_over_ranks, world_size
+from .distributed import ddp_prefix, strip_prefix, sum_over_ranks
 from .errors import ConfigError, TrainingError
 from .graph import LayerLink
 from .policy import DPAPConfig
@@ -42,54 +43,6 @@ __all__ = ["DPAPPruner"]
 
 _logger = logging.getLogger(__name__)
 _METRICS = dict[str, dict[str, Tensor]]
-_STEP_MISMATCH = ("the training function made %d optimizer steps, but epochs * steps_per_epoch = %d * %d = %d: "
-                  "DPAP's epochs were not the training loop's epochs. Pass steps_per_epoch=len(train_loader) and "
-                  "make the training function respect max_steps / max_epochs.")
-
-
-def _check_shrinking(model: nn.Module, shrink_every: Any, dummy_input: Any) -> int | None:
-    if shrink_every is None:
-        return None
-    check_int("shrink_every", shrink_every)
-    if isinstance(model, DistributedDataParallel):
-        raise ConfigError("shrink_every is not supported for DistributedDataParallel models yet; use "
-                          "shrink_every=None and shrink the trained model with nni_dpap.speedup")
-    if dummy_input is None:
-        raise ConfigError("shrink_every needs an input batch to trace the model: pass dummy_input=... to "
-                          "DPAPPruner (or to the TorchEvaluator)")
-    return int(shrink_every)
-
-
-def _before_training(pruner: DPAPPruner) -> None:
-    """Data-parallel thresholds; refuse ``shrink_every`` when other compressors share the model (NNI fusion)."""
-    pruner._epoch_clock = time.perf_counter()
-    if world_size() > 1:  # data-parallel: the thresholds follow the mean over the ranks
-        for layer in pruner._layers.values():
-            layer.stats.batch_mean = mean_over_ranks
-    if pruner.shrink_every is None:
-        return
-    own = set(map(id, pruner._module_wrappers.values()))
-    foreign = sorted({name for name, module in pruner.bound_model.named_modules() if hasattr(module, "_nni_wrapper")
-                      and id(module._nni_wrapper) not in own} | {name for name, w in pruner._module_wrappers.items()
-                                                                 if w.quantization_target_spaces
-                                                                 or w.distillation_target_spaces})
-    if foreign:
-        raise ConfigError(f"shrink_every cannot be used when DPAP is fused with another NNI compressor (a quantizer "
-                          f"or distiller wraps {foreign}): shrinking replaces the layers and would drop their "
-                          "wrappers. Use shrink_every=None and remove the pruned units after training with "
-                          "nni_dpap.speedup (or nni_dpap.quantize.shrink_and_quantize)")
-
-
-def _shrink_due(pruner: DPAPPruner) -> bool:
-    """At the end of an epoch: a shrink is scheduled, something new was pruned and the shrink pays."""
-    now, started = time.perf_counter(), pruner._epoch_clock
-    pruner._epoch_clock = now
-    if pruner.shrink_every is None or (pruner.current_epoch + 1) % pruner.shrink_every or \
-            not pruner._pruned_since_shrink:
-        return False
-    return pruner.shrink_policy.pays(removable_fraction(pruner._layers.values()), now - started,
-                                     pruner.epochs - pruner.current_epoch - 1)
-
 
 class DPAPPruner(Pruner):
     r"""Developmental Plasticity-inspired Adaptive Pruning (DPAP).
@@ -168,7 +121,7 @@ class DPAPPruner(Pruner):
         self.keep_at_least = check_int("keep_at_least", keep_at_least, minimum=0)
         self.dpap_config = configuration(preset, hparams, self.epochs)
         self._dummy_input = dummy_input if dummy_input is not None else getattr(evaluator, "dummy_input", None)
-        self.shrink_every = _check_shrinking(model, shrink_every, self._dummy_input)
+        self.shrink_every = check_shrinking(model, shrink_every, self._dummy_input)
         self._leaf_modules, self._concrete_args = tuple(leaf_modules), concrete_args
         self.temporal = bool(temporal)
         info = resolve_links(model, config_list, temporal=self.temporal, leaf_modules=leaf_modules,
@@ -187,8 +140,7 @@ class DPAPPruner(Pruner):
         self._collector = SignalCollector(self._layers, self._modules,
                                           [(m, a) for m in self._modules.values() if (a := find_adapter(m))])
         self.current_epoch, self._global_step, self.shrinks, self._pruned_since_shrink = 0, 0, 0, False
-        self._masked: set[str] = set()
-        self.history: list[dict[str, Any]] = []
+        self._masked, self.history, self._fast = set[str](), list[dict[str, Any]](), FastForwards()
         self.writer, self._hooks, self.shrink_policy, self._epoch_clock = writer, list[Any](), ShrinkPolicy(), 0.0
 
     def _target(self, module_name: str, target_name: str) -> Tensor:
@@ -221,15 +173,12 @@ class DPAPPruner(Pruner):
         evaluator.patch_optimizer_step(before_step_tasks=[], after_step_tasks=[after_optimizer_step])
 
     def _fuse_preprocess(self, evaluator: Evaluator) -> None:
-        _before_training(self)
+        before_training(self)
         self._register_hooks(evaluator)
         self._register_trigger(evaluator)
 
     def _fuse_postprocess(self, evaluator: Evaluator) -> None:
-        self._collector.commit()
-        expected = self.epochs * self.steps_per_epoch
-        if self._global_step != expected:
-            _logger.warning(_STEP_MISMATCH, self._global_step, self.epochs, self.steps_per_epoch, expected)
+        after_training(self)
 
     def _single_compress(self, max_steps: int | None, max_epochs: int | None) -> None:
         if max_steps is not None or max_epochs is not None:
@@ -279,16 +228,19 @@ class DPAPPruner(Pruner):
     def _end_epoch(self) -> None:
         self._collector.commit()
         kept_before = {n: int(lay.neuron_mask.sum()) for n, lay in self._layers.items()}
-        self.update_masks(self.generate_masks())
+        masks = self.generate_masks()
+        self.update_masks(masks)
         self._pruned_since_shrink |= any(int(lay.neuron_mask.sum()) < kept_before[n] for n, lay in self._layers.items())
-        for name, layer in self._layers.items():
-            if layer.pruned:
-                self._masked.update((name, *layer.link.norms))
+        masked = {name for name, targets in masks.items() if not all(bool(m.all()) for m in targets.values())}
+        if not masked <= self._masked:
+            self._masked |= masked
+            lean_forwards(self)  # (gradient masks for the newly masked wrappers)
+        for layer in self._layers.values():
             layer.stats.end_epoch()
         self._refresh_masks(update=False)
         survival = {name: layer.survival_values() for name, layer in self._layers.items()}
         self.history.append(record_epoch(self.current_epoch, self.summary(), survival, self.writer, self.temporal))
-        if _shrink_due(self):
+        if shrink_due(self):
             self.shrink()
         self.current_epoch += 1
 
@@ -346,8 +298,9 @@ class DPAPPruner(Pruner):
         for name, layer in self._layers.items():
             layer.select(self._modules[name], kept.get(name))
         self._refresh_masks()
-        if own_hooks:
+        if own_hooks:  # (during training)
             self._register_hooks(self.evaluator)
+            lean_forwards(self)
         self._pruned_since_shrink, self.shrink_policy.last_cost = False, time.perf_counter() - start
         self.shrinks += 1
         _logger.info("DPAP shrank the model at epoch %d: %s", self.current_epoch,
@@ -358,6 +311,7 @@ class DPAPPruner(Pruner):
         """Unwrap, leaving pruned weights (and their bias / BatchNorm entries) at exactly zero."""
         if self._is_wrapped:
             self._apply_masks_to_parameters(list(self._module_wrappers))
+        self._fast.remove()
         super().unwrap_model()
 
     # -- reporting and persistence ---------------------------------------------------------

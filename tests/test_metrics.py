@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import assert_close
 from nni_dpap.errors import ConfigError, ShapeError
 from nni_dpap.metrics import LayerStatistics
 
@@ -77,3 +78,25 @@ def test_epoch_vs_cumulative_window_and_state_dict():
     assert clone.num_batches == 1
     with pytest.raises(ConfigError, match="does not match"):
         LayerStatistics(4, 5).load_state_dict(cumulative.state_dict())
+
+
+def test_batched_flush_equals_one_update_per_batch():
+    """Deferred BCM updates (one matrix product per ``flush_every`` batches) give the per-batch sums."""
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(3, b, 5, generator=gen), (torch.rand(3, b, 4, generator=gen) > 0.5).float())
+               for b in [8] * 20 + [3]]  # 21 batches, the last one smaller
+    stats = {}
+    for every in (1, 16):
+        s = LayerStatistics(4, 5)
+        s.flush_every = every
+        for pre, post in batches:
+            s.observe(pre, post)
+        stats[every] = s
+    per_batch, deferred = stats[1], stats[16]
+    assert deferred._waiting  # 5 batches still wait ...
+    assert deferred.num_batches == 21 and not deferred._waiting  # ... until the statistics are read
+    # sums of ~50 in float32 added in another order: relative tolerance
+    torch.testing.assert_close(deferred.bcm, per_batch.bcm, rtol=1e-6, atol=1e-5)
+    assert_close(deferred.theta, per_batch.theta)
+    assert_close(deferred.trace, per_batch.trace)
+    assert float(per_batch.bcm.abs().sum()) > 0
