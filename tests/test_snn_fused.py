@@ -294,3 +294,22 @@ def test_kernel_source_is_package_data_and_keys_the_cache(monkeypatch, tmp_path,
     torch.testing.assert_close(out, torch.tensor([0.0, 1.0]), rtol=0, atol=1e-6)
     assert not fused.available() and "_lif_kernel.cpp" in fused.unavailable_reason()
     assert len(caplog.records) == 1
+
+
+def test_cpu_specific_build_falls_back_to_portable_and_is_keyed_by_cpu(monkeypatch, tmp_path):
+    cxx = fused._compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    stem = fused._stem(cxx)
+    monkeypatch.setattr(fused, "_cpu_features", lambda: "model name : another CPU")
+    assert fused._stem(cxx) != stem  # a shared cache never hands one CPU's library to another
+    wrapper = tmp_path / "no-native-cxx"  # a compiler that refuses -march=native
+    wrapper.write_text("#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -march=native ] && exit 1; done\n"
+                       f"exec {' '.join(cxx)} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("NNI_DPAP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(wrapper))
+    monkeypatch.setattr(fused, "_STATE", fused._State())
+    assert fused.available()
+    x = torch.tensor([0.5, 3.0, 1.0, 2.5])
+    torch.testing.assert_close(LIFNeuron(T=2)(x), torch.tensor([0.0, 1.0, 0.0, 1.0]), rtol=0, atol=1e-6)
