@@ -15,6 +15,8 @@ not reproduced.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -78,11 +80,16 @@ def spike_trace(x: Tensor, tau: float = 0.5, initial: Tensor | None = None) -> T
     steps = x.shape[0]
     if steps == 1 and initial is None:
         return x[0]  # (a view: callers only read traces)
-    weights = tau ** torch.arange(steps - 1, -1, -1, dtype=x.dtype, device=x.device)
-    trace: Tensor = torch.tensordot(weights, x, dims=1)
+    trace: Tensor = torch.tensordot(_decay_weights(steps, tau, x.dtype, x.device), x, dims=1)
     if initial is not None:
         trace = trace + tau ** steps * initial.float()
     return trace
+
+
+@functools.lru_cache(maxsize=64)
+def _decay_weights(steps: int, tau: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[tau^(T-1), ..., tau, 1]``, built once per (T, tau, dtype, device): this runs on every batch (read only)."""
+    return tau ** torch.arange(steps - 1, -1, -1, dtype=dtype, device=device)
 
 
 @torch.no_grad()
