@@ -46,7 +46,7 @@ def _wraps(wrapper: _Wrapper) -> bool:
 
 
 def _forward(wrapper: _Wrapper, nni_forward: Callable[..., Any]) -> Callable[..., Any]:
-    module, buffers = wrapper.module, wrapper.module._buffers
+    buffers = wrapper.module._buffers
     names = [name for name, space in wrapper.pruning_target_spaces.items() if space.target is not None]
 
     def forward(*args: Any, **kwargs: Any) -> Any:
@@ -56,7 +56,7 @@ def _forward(wrapper: _Wrapper, nni_forward: Callable[..., Any]) -> Callable[...
             buffers[name] = getattr(wrapper, name)
         return wrapper.module_forward(*args, **kwargs)
 
-    forward.__wrapped__ = module  # type: ignore[attr-defined]
+    forward.__wrapped__ = wrapper.module_forward  # type: ignore[attr-defined]  # (inspect.signature: the module's)
     return forward
 
 
