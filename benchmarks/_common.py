@@ -40,20 +40,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(fn: Callable[[], Any], device: torch.device, warmup: int = 10, repeats: int = 50) -> float:
-    """Median seconds of ``fn()`` after ``warmup`` calls (synchronising CUDA around each call)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
                 repeats: int) -> dict[str, float]:
     """Median seconds of each ``fn``, the functions taking turns after ``warmup`` rounds."""
@@ -130,7 +116,7 @@ def workloads(quick: bool) -> dict[str, dict[str, Any]]:
 
 
 def dpap_train(work: dict[str, Any], device: torch.device, seed: int = 0, shrink_every: int | None = None,
-               hparams: dict[str, Any] | None = None, step_times: list[float] | None = None):
+               hparams: dict[str, Any] | None = None):
     """Train ``work``'s model with DPAP (the demo settings); returns (model, masks, seconds, pruner)."""
     import nni
     from nni.compression import TorchEvaluator
@@ -141,7 +127,7 @@ def dpap_train(work: dict[str, Any], device: torch.device, seed: int = 0, shrink
     train_loader, _ = work["loaders"](seed)
     seed_everything(seed)
     model = work["build"]().to(device)
-    train = timed_training(train_loader, device, step_times)
+    train = training_function(train_loader, device)
     evaluator = TorchEvaluator(train, nni.trace(torch.optim.Adam)(model.parameters(), lr=work["lr"]),
                                classification_step, dummy_input=torch.rand(2, *work["input"], device=device))
     pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=work["epochs"],
@@ -155,23 +141,18 @@ def dpap_train(work: dict[str, Any], device: torch.device, seed: int = 0, shrink
     return model, masks, seconds, pruner
 
 
-def timed_training(loader: Any, device: torch.device, step_times: list[float] | None = None):
-    """An NNI-style training function moving batches to ``device``, optionally timing every optimizer step."""
+def training_function(loader: Any, device: torch.device):
+    """An NNI-style training function over ``loader``, moving batches to ``device``."""
     def training(model, optimizer, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
         steps = 0
         for _ in range(max_epochs or 1):
             model.train()
             for x, y in loader:
                 x, y = x.to(device), y.to(device)
-                sync(device)
-                start = time.perf_counter()
                 loss = training_step((x, y), model)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                sync(device)
-                if step_times is not None:
-                    step_times.append(time.perf_counter() - start)
                 steps += 1
                 if max_steps is not None and steps >= max_steps:
                     return

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 import torch
-from _common import dpap_train, parser, save, setup, sync, timed_training, workloads
+from _common import dpap_train, parser, save, setup, sync, training_function, workloads
 
 from nni_dpap.report import format_table
 from nni_dpap.training import classification_step, evaluate_accuracy, seed_everything
@@ -28,7 +28,7 @@ def main() -> None:
     for name, work in workloads(quick).items():
         train_loader, test_loader = work["loaders"](0)
         warm = work["build"]().to(device)  # warm-up: first calls allocate and load kernels
-        timed_training(train_loader, device)(warm, torch.optim.Adam(warm.parameters()), classification_step, None,
+        training_function(train_loader, device)(warm, torch.optim.Adam(warm.parameters()), classification_step, None,
                                              20, 1)
         times: dict[str, list[float]] = {"dense": [], "masked": [], "shrunk": []}
         for round_ in range(1 if quick else 2):  # whole runs in turns, the order reversed in the second round
@@ -37,7 +37,7 @@ def main() -> None:
                 if method == "dense":
                     seed_everything(0)
                     dense = work["build"]().to(device)
-                    train = timed_training(work["loaders"](0)[0], device)
+                    train = training_function(work["loaders"](0)[0], device)
                     sync(device)
                     start = time.perf_counter()
                     train(dense, torch.optim.Adam(dense.parameters(), lr=work["lr"]), classification_step, None,
