@@ -15,7 +15,7 @@ Pure torch, no NNI.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Mapping
+from typing import Callable, Generic, Literal, Mapping, TypeVar
 
 import torch
 from torch import Tensor
@@ -47,6 +47,25 @@ def window_importance(window: Mapping[str, Tensor], connectivity: Tensor | None 
     if window.get("time") is not None:
         out["time"] = window["time"].t().clone()
     return out
+
+
+_V = TypeVar("_V")
+
+
+class _Flushed(Generic[_V]):
+    """A statistic of :class:`LayerStatistics` kept in ``_<name>``: reading or replacing it flushes first."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = f"_{name}"
+
+    def __get__(self, stats: LayerStatistics, owner: type | None = None) -> _V:
+        stats.flush()
+        value: _V = getattr(stats, self.attr)
+        return value
+
+    def __set__(self, stats: LayerStatistics, value: _V) -> None:
+        stats.flush()
+        setattr(stats, self.attr, value)
 
 
 class LayerStatistics:
@@ -95,50 +114,11 @@ class LayerStatistics:
     #: batch, in one matrix product instead of ``flush_every`` small ones (the hooks' cost on small nets).
     flush_every = 16
 
-    # -- the accumulated statistics (reading them folds the waiting batches in first) ---------
-    @property
-    def bcm(self) -> Tensor:
-        """BCM plasticity summed over the window, ``[N_out, N_in]`` (Eq. 3)."""
-        self.flush()
-        return self._bcm
-
-    @bcm.setter
-    def bcm(self, value: Tensor) -> None:
-        self.flush()
-        self._bcm = value
-
-    @property
-    def theta(self) -> Tensor:
-        """BCM sliding threshold of each postsynaptic unit, ``[N_out]`` (Eqs. 4-5)."""
-        self.flush()
-        return self._theta
-
-    @theta.setter
-    def theta(self, value: Tensor) -> None:
-        self.flush()
-        self._theta = value
-
-    @property
-    def trace(self) -> Tensor:
-        """Postsynaptic trace summed over the window's samples, ``[N_out]``."""
-        self.flush()
-        return self._trace
-
-    @trace.setter
-    def trace(self, value: Tensor) -> None:
-        self.flush()
-        self._trace = value
-
-    @property
-    def num_batches(self) -> int:
-        """Batches observed since training began (the ``Num`` of Eq. 5)."""
-        self.flush()
-        return self._num_batches
-
-    @num_batches.setter
-    def num_batches(self, value: int) -> None:
-        self.flush()
-        self._num_batches = value
+    #: The accumulated statistics; reading or replacing one first folds the waiting batches in.
+    bcm = _Flushed[Tensor]()  # BCM plasticity summed over the window, [N_out, N_in] (Eq. 3)
+    theta = _Flushed[Tensor]()  # BCM sliding threshold of each postsynaptic unit, [N_out] (Eqs. 4-5)
+    trace = _Flushed[Tensor]()  # postsynaptic trace summed over the window's samples, [N_out]
+    num_batches = _Flushed[int]()  # batches observed since training began (the Num of Eq. 5)
 
     # -- feeding -----------------------------------------------------------------------
     def add_pre(self, chunk: Tensor) -> None:
@@ -170,10 +150,8 @@ class LayerStatistics:
         if not self._pre or not self._post:
             self.discard_pending()
             return False
-        # (one call per batch is the rule: no copy then)
-        pre = self._pre[0].reshape(-1, self.n_in) if len(self._pre) == 1 else \
-            torch.cat([p.reshape(-1, self.n_in) for p in self._pre], 0)
-        post = self._post[0] if len(self._post) == 1 else torch.cat(self._post, 0)
+        pre = torch.cat([p.reshape(-1, self.n_in) for p in self._pre], 0)
+        post = torch.cat(self._post, 0)
         self.discard_pending()
         steps, batch = post.shape[:2]
         if pre.shape[0] != steps * batch:
@@ -212,11 +190,7 @@ class LayerStatistics:
         pres, posts = zip(*self._waiting)
         self._waiting = []
         sizes = [p.shape[0] for p in posts]
-        if len(set(sizes)) == 1:
-            means = torch.stack(posts).mean(1)
-        else:  # (a smaller last batch)
-            means = torch.stack([p.mean(0) for p in posts])
-        means = self.batch_mean(means)  # [K, N_out]
+        means = self.batch_mean(torch.stack([p.mean(0) for p in posts]))  # [K, N_out]
         thetas = [self._theta]
         for k in range(len(posts)):  # Eq. (5), batch by batch: K small vector updates
             thetas.append(sliding_threshold(thetas[-1], means[k : k + 1], self._num_batches + k + 1))

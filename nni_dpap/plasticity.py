@@ -79,7 +79,7 @@ def spike_trace(x: Tensor, tau: float = 0.5, initial: Tensor | None = None) -> T
     x = reduce_spatial(x, channel_dim=2).float()
     steps = x.shape[0]
     if steps == 1 and initial is None:
-        return x[0]  # (a view: callers only read traces)
+        return x[0].clone()  # (a copy: x may be the layer's own input, and traces are kept for later)
     trace: Tensor = torch.tensordot(_decay_weights(steps, tau, x.dtype, x.device), x, dims=1)
     if initial is not None:
         trace = trace + tau ** steps * initial.float()

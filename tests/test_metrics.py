@@ -100,3 +100,17 @@ def test_batched_flush_equals_one_update_per_batch():
     assert_close(deferred.theta, per_batch.theta)
     assert_close(deferred.trace, per_batch.trace)
     assert float(per_batch.bcm.abs().sum()) > 0
+
+
+def test_waiting_batches_keep_their_own_copy_of_the_signals():
+    """A batch waiting for the flush is not changed when the model later reuses its input buffer in place."""
+    pre, post = torch.rand(1, 4, 5), torch.rand(1, 4, 3)  # T = 1: an ANN's input and activation
+    reference = LayerStatistics(3, 5)
+    reference.observe(pre.clone(), post.clone())
+    stats = LayerStatistics(3, 5)
+    stats.observe(pre, post)
+    pre.zero_()  # e.g. a data pipeline refilling the same tensor for the next batch
+    post.zero_()
+    assert_close(stats.bcm, reference.bcm)
+    assert_close(stats.trace, reference.trace)
+    assert float(reference.trace.sum()) > 0
