@@ -154,6 +154,8 @@ class LayerStatistics:
         post = torch.cat(self._post, 0)
         self.discard_pending()
         steps, batch = post.shape[:2]
+        if pre.shape[0] == batch and steps > 1:  # a static input (a layer before the direct encoder): every step
+            pre = pre.unsqueeze(0).expand(steps, batch, self.n_in).reshape(steps * batch, self.n_in)
         if pre.shape[0] != steps * batch:
             raise ShapeError(
                 f"pre- and postsynaptic signals of one batch disagree: {pre.shape[0]} input rows for {steps} time "

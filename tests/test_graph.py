@@ -125,3 +125,20 @@ def test_clear_errors():
 
 def test_upstream_layers_of_lenet():
     assert upstream_layers(LeNetANN(1, 8, 10)) == {"conv1": None, "conv2": "conv1", "fc1": "conv2", "fc2": "fc1"}
+
+
+def test_repeat_over_time_between_a_layer_and_its_neuron_keeps_the_channels():
+    # SpikingConvNet: conv1 -> DirectEncoder (torch.cat([x] * T, 0)) -> sn1 -> pool -> conv2
+    assert upstream_layers(SpikingConvNet(1, 8, 10, T=3))["conv2"] == "conv1"
+    info = link_layers(SpikingConvNet(1, 8, 10, T=3), ["conv1"])
+    assert info.links["conv1"].neuron == "sn1" and info.links["conv1"].spiking
+
+    class Mixed(nn.Module):  # a cat of two different tensors merges them: no upstream
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.c(torch.relu(torch.cat([self.a(x), self.b(x)], 0)))
+
+    assert upstream_layers(Mixed())["c"] is None

@@ -50,6 +50,23 @@ def test_chunked_commit_equals_whole_sequence():
         assert torch.allclose(getattr(whole, key), getattr(chunked, key))
 
 
+def test_static_input_before_the_direct_encoder_counts_at_every_step():
+    # SpikingConvNet runs conv1 once per image and repeats its output: the layer sees B rows for T steps
+    pre, post = _batch(2)
+    static = pre[0]  # [B, n_in], the same input at every step
+    repeated, once = LayerStatistics(3, 5), LayerStatistics(3, 5)
+    repeated.observe(static.expand(3, *static.shape), post)
+    once.add_pre(static)
+    once.add_post(post)
+    assert once.commit()
+    for key in ("bcm", "trace", "theta"):
+        assert_close(getattr(once, key), getattr(repeated, key))
+    once.add_pre(static[:3])  # neither B nor T*B rows: still an error
+    once.add_post(post)
+    with pytest.raises(ShapeError, match="disagree"):
+        once.commit()
+
+
 def test_incomplete_batch_is_dropped_and_shapes_checked():
     stats = LayerStatistics(3, 5)
     pre, post = _batch(1)

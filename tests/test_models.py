@@ -22,6 +22,23 @@ def test_spiking_convnet_shapes_and_backward(size, channels):
     assert model.fc1.in_features == 40 * (size // 4) ** 2
 
 
+def test_spiking_convnet_runs_conv1_once_per_image():
+    torch.manual_seed(0)
+    model = SpikingConvNet(1, 8, 10, T=4)
+    x = torch.rand(3, 1, 8, 8, requires_grad=True)
+    calls = []
+    model.conv1.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    out = model(x)
+    assert calls == [3]  # B images, not T*B
+    h = model.conv1(model.encoder(x))  # the textbook order: repeat, then conv1 at every step
+    h = model.pool2(model.sn2(model.conv2(model.pool1(model.sn1(h)))))
+    reference = model.decoder(model.fc2(model.sn3(model.fc1(model.flatten(h)))))
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    (grad_ref,) = torch.autograd.grad(reference.sum(), x)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
+
+
 def test_spiking_convnet_on_event_frames_and_plif():
     model = SpikingConvNet(2, 32, 11, T=5, neuron="plif", encode=False)
     frames = torch.rand(5 * 2, 2, 32, 32)  # already folded [T*B, C, H, W]

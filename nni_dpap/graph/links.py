@@ -25,7 +25,7 @@ from torch import Tensor, fx, nn
 
 from ..adapters import is_neuron
 from ..errors import GraphError
-from .nodes import ADD, FLATTEN, call_indices, describe, is_layer, is_passthrough, is_terminal, module_of
+from .nodes import ADD, FLATTEN, call_indices, describe, is_layer, is_passthrough, is_terminal, module_of, nodes_in
 from .replay import make_replay
 from .tracer import trace_model
 
@@ -120,7 +120,7 @@ def upstream_of(modules: Mapping[str, nn.Module], start: fx.Node) -> str | None:
             is_terminal(modules, node) or is_passthrough(modules, node) or FLATTEN.matches(modules, node)
         ):
             return None
-        inputs = [a for a in node.args if isinstance(a, fx.Node)]
+        inputs = nodes_in(node.args)  # nested too: torch.cat([x] * T, 0) repeats x over time
         node = inputs[0] if inputs else None
     return None
 

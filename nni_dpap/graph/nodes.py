@@ -84,8 +84,18 @@ def is_terminal(modules: Mapping[str, nn.Module], node: fx.Node) -> bool:
     return (module is not None and is_neuron(module)) or TERMINAL.matches(modules, node)
 
 
+def _is_repeat_over_time(node: fx.Node) -> bool:
+    """``torch.cat([x] * T, 0)`` (:class:`~nni_dpap.snn.DirectEncoder`): the same tensor at every step."""
+    if node.op != "call_function" or node.target is not torch.cat or not node.args:
+        return False
+    parts, dim = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return isinstance(parts, (list, tuple)) and len(set(parts)) == 1 and isinstance(dim, int) and dim == 0
+
+
 def is_time_fold(node: fx.Node) -> bool:
-    """``flatten(0, 1)`` / ``unflatten(0, ...)``: folding time into the batch or back keeps the channels."""
+    """``flatten(0, 1)`` / ``unflatten(0, ...)`` / repeating over time: time folded into the batch keeps channels."""
+    if _is_repeat_over_time(node):
+        return True
     if node.op != "call_method" or node.target not in ("flatten", "unflatten"):
         return False
     args = list(node.args[1:])

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..snn import DirectEncoder, LIFNeuron, PLIFNeuron, TimeAverage
+from ..snn import AvgPool2d, DirectEncoder, LIFNeuron, PLIFNeuron, TimeAverage
 from ..snn.neurons import BaseNeuron
 
 __all__ = ["SpikingConvNet", "LeNetANN"]
@@ -65,10 +65,10 @@ class SpikingConvNet(nn.Module):
         self.encoder = DirectEncoder(T) if encode else nn.Identity()
         self.conv1 = nn.Conv2d(in_channels, c1, 3, padding=1)
         self.sn1 = _neuron(neuron, T, v_threshold)
-        self.pool1 = nn.AvgPool2d(2)
+        self.pool1 = AvgPool2d(2)
         self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
         self.sn2 = _neuron(neuron, T, v_threshold)
-        self.pool2 = nn.AvgPool2d(2)
+        self.pool2 = AvgPool2d(2)
         self.flatten = nn.Flatten()
         side = input_size // 4
         self.fc1 = nn.Linear(c2 * side * side, hidden)
@@ -77,8 +77,11 @@ class SpikingConvNet(nn.Module):
         self.decoder = TimeAverage(T)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.encoder(x)
-        x = self.pool1(self.sn1(self.conv1(x)))
+        # conv1 before the encoder: direct encoding repeats the image, so conv1's output is the same at every
+        # step; computing it once per image instead of T times is the same result (a conv treats samples
+        # independently) and T times less work, backward too (the gradients of the T copies are summed).
+        x = self.encoder(self.conv1(x))
+        x = self.pool1(self.sn1(x))
         x = self.pool2(self.sn2(self.conv2(x)))
         x = self.sn3(self.fc1(self.flatten(x)))
         return self.decoder(self.fc2(x))

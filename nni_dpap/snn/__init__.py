@@ -10,6 +10,7 @@ from __future__ import annotations
 from .encoding import DirectEncoder, TimeAverage, fold_time, unfold_time
 from .functional import set_step_mode, set_time_steps
 from .neurons import BaseNeuron, LIFNeuron, PLIFNeuron
+from .pooling import AvgPool2d
 from .surrogate import ATanSurrogate, SigmoidSurrogate, SurrogateFunction, get_surrogate
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "TimeAverage",
     "fold_time",
     "unfold_time",
+    "AvgPool2d",
     "set_time_steps",
     "set_step_mode",
 ]

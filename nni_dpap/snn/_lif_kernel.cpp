@@ -1,4 +1,5 @@
-// Fused multi-step LIF / PLIF neuron, forward and backward (see nni_dpap/snn/fused.py for the design).
+// Fused multi-step LIF / PLIF neuron, forward and backward (see nni_dpap/snn/fused.py for the design), and
+// the 2x2 average pooling that follows the neurons in spiking conv nets (nni_dpap/snn/pooling.py).
 //
 // Plain C++17 with a C ABI, no torch headers: it compiles in a few seconds and is called through ctypes.
 // Layout: x, s, h, grad are [T, B, L] (time-major, contiguous); gate is [T, L] (the time mask expanded over
@@ -186,6 +187,52 @@ double backward_typed(const void* gs, const void* h, const void* x, const void* 
   return result;
 }
 
+// 2x2 average pooling, stride 2, no padding, floor mode, over P contiguous H x W planes (NCHW). The sum is
+// taken in ATen's order (row by row, left to right) and divided by 4, so the result is bit-identical to
+// torch.nn.functional.avg_pool2d(x, 2). Backward writes gx = gy / 4 on each window and 0 on the odd row or
+// column that floor mode leaves out, as ATen's avg_pool2d_backward does.
+template <typename F>
+void pool_forward(const F* x, F* y, int64_t P, int64_t H, int64_t W, int threads) {
+  const int64_t OH = H / 2, OW = W / 2;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t p = 0; p < P; ++p) {
+    const F* plane = x + p * H * W;
+    F* out = y + p * OH * OW;
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const F* r0 = plane + 2 * oh * W;
+      const F* r1 = r0 + W;
+      F* o = out + oh * OW;
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        o[ow] = (((r0[2 * ow] + r0[2 * ow + 1]) + r1[2 * ow]) + r1[2 * ow + 1]) / F(4);
+      }
+    }
+  }
+}
+
+template <typename F>
+void pool_backward(const F* gy, F* gx, int64_t P, int64_t H, int64_t W, int threads) {
+  const int64_t OH = H / 2, OW = W / 2;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t p = 0; p < P; ++p) {
+    const F* g = gy + p * OH * OW;
+    F* plane = gx + p * H * W;
+    for (int64_t ih = 0; ih < H; ++ih) {
+      F* row = plane + ih * W;
+      if (ih / 2 >= OH) {
+        std::fill(row, row + W, F(0));
+        continue;
+      }
+      const F* go = g + (ih / 2) * OW;
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const F v = go[ow] / F(4);
+        row[2 * ow] = v;
+        row[2 * ow + 1] = v;
+      }
+      if (W & 1) row[W - 1] = F(0);
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -214,6 +261,30 @@ double nni_dpap_lif_backward(int dtype, const void* gs, const void* h, const voi
   return backward_typed<double>(gs, h, x, gate, gx, p, mul != 0, sigmoid != 0, detach != 0, grad_k != 0);
 }
 
-int nni_dpap_lif_abi_version(void) { return 1; }
+// 2x2 average pooling (see pool_forward / pool_backward). Returns 0, or -1 for an unknown dtype.
+int nni_dpap_avg_pool2x2_forward(int dtype, const void* x, void* y, int64_t P, int64_t H, int64_t W, int threads) {
+  if (dtype == 0) {
+    pool_forward<float>(static_cast<const float*>(x), static_cast<float*>(y), P, H, W, threads);
+  } else if (dtype == 1) {
+    pool_forward<double>(static_cast<const double*>(x), static_cast<double*>(y), P, H, W, threads);
+  } else {
+    return -1;
+  }
+  return 0;
+}
+
+int nni_dpap_avg_pool2x2_backward(int dtype, const void* gy, void* gx, int64_t P, int64_t H, int64_t W,
+                                  int threads) {
+  if (dtype == 0) {
+    pool_backward<float>(static_cast<const float*>(gy), static_cast<float*>(gx), P, H, W, threads);
+  } else if (dtype == 1) {
+    pool_backward<double>(static_cast<const double*>(gy), static_cast<double*>(gx), P, H, W, threads);
+  } else {
+    return -1;
+  }
+  return 0;
+}
+
+int nni_dpap_lif_abi_version(void) { return 2; }
 
 }  // extern "C"

@@ -15,7 +15,8 @@ gradient once and writes ``dL/dX`` once.
 
 Design
 ------
-The kernel, ``_lif_kernel.cpp`` next to this module (package data, read at run time), is ~200 lines of
+The kernel, ``_lif_kernel.cpp`` next to this module (package data, read at run time; it also holds the
+2x2 average pooling of :mod:`~nni_dpap.snn.pooling`, so one library is built and cached), is ~270 lines of
 plain C++17 with a C ABI and **no torch headers**, compiled on first use with the system's C++ compiler
 (``$CXX``, else ``c++``/``g++``/``clang++``) into a shared library cached under ``$NNI_DPAP_CACHE_DIR``
 (default ``~/.cache/nni_dpap``), keyed by a hash of the source, flags, compiler and CPU (it is built with
@@ -73,7 +74,7 @@ from torch import Tensor
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["FusedConfig", "available", "lif_multi_step", "unavailable_reason"]
+__all__ = ["FusedConfig", "available", "library", "lif_multi_step", "unavailable_reason"]
 
 _KERNEL = "_lif_kernel.cpp"  # in this package
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math")
@@ -83,7 +84,7 @@ _OPENMP = "-fopenmp"
 # cache key includes the CPU's feature flags, so a cache shared by different machines never loads a
 # library for the wrong CPU; a compiler without -march=native builds the portable library.
 _NATIVE = "-march=native"
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 _MIN_PARALLEL = 1 << 15  # elements per step below which one thread is faster than waking the others
 
@@ -236,12 +237,18 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.nni_dpap_lif_backward.argtypes = [i32, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, f64, f64, f64, i32, i32,
                                           f64, i32, i32, i32]
     lib.nni_dpap_lif_backward.restype = f64
+    for name in ("nni_dpap_avg_pool2x2_forward", "nni_dpap_avg_pool2x2_backward"):  # used by .pooling
+        getattr(lib, name).argtypes = [i32, ptr, ptr, i64, i64, i64, i32]
+        getattr(lib, name).restype = i32
     lib.nni_dpap_lif_abi_version.argtypes = []
     lib.nni_dpap_lif_abi_version.restype = i32
 
 
-def _library() -> ctypes.CDLL | None:
-    """The loaded kernel library; ``None`` (after logging why, once per process) if it cannot be built."""
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library (fused neurons and :mod:`~nni_dpap.snn.pooling`).
+
+    ``None`` (after logging why, once per process) if it cannot be built.
+    """
     state = _STATE
     if state.lib is not None or state.failure is not None:
         return state.lib
@@ -252,13 +259,13 @@ def _library() -> ctypes.CDLL | None:
             except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
                 state.failure = f"{type(exc).__name__}: {exc}"
                 _logger.warning("fused LIF/PLIF kernel unavailable (%s); multi-step neurons use the Python loop "
-                                "over time steps instead", state.failure)
+                                "over time steps and 2x2 average pooling uses PyTorch's instead", state.failure)
     return state.lib
 
 
 def available() -> bool:
     """Whether the fused kernel can be used (builds it on the first call)."""
-    return _library() is not None
+    return library() is not None
 
 
 def unavailable_reason() -> str | None:
@@ -291,7 +298,8 @@ def _expand_gate(mask: Tensor, x: Tensor, T: int) -> Tensor:
     return gate.unsqueeze(-1).expand(T, gate.shape[1], inner).reshape(T, -1).contiguous()
 
 
-def _threads(per_step: int) -> int:
+def threads_for(per_step: int) -> int:
+    """OpenMP threads for a kernel call touching ``per_step`` elements at a time."""
     return torch.get_num_threads() if per_step >= _MIN_PARALLEL else 1
 
 
@@ -306,7 +314,7 @@ def _forward(lib: ctypes.CDLL, x: Tensor, gate: Tensor | None, k: float, mul: bo
     h = torch.empty_like(s) if write_h else None
     if x.numel():
         lib.nni_dpap_lif_forward(_DTYPES[x.dtype], _ptr(x), _ptr(gate), _ptr(s), _ptr(h), geo.T, geo.B, geo.L, k,
-                                 cfg.v_threshold, cfg.v_reset, int(mul), _threads(geo.B * geo.L))
+                                 cfg.v_threshold, cfg.v_reset, int(mul), threads_for(geo.B * geo.L))
     return s, h
 
 
@@ -319,7 +327,7 @@ def _backward(lib: ctypes.CDLL, grad_s: Tensor, h: Tensor, x: Tensor | None, gat
         grad_k = lib.nni_dpap_lif_backward(
             _DTYPES[h.dtype], _ptr(grad_s), _ptr(h), _ptr(x), _ptr(gate), _ptr(grad_x), geo.T, geo.B, geo.L, k,
             cfg.v_threshold, cfg.v_reset, int(mul), int(cfg.surrogate == "sigmoid"), cfg.alpha,
-            int(cfg.detach_reset), int(x is not None), _threads(geo.B * geo.L))
+            int(cfg.detach_reset), int(x is not None), threads_for(geo.B * geo.L))
     return grad_x, grad_k
 
 
@@ -373,7 +381,7 @@ def lif_multi_step(x: Tensor, cfg: FusedConfig, k: Tensor | None = None, time_ma
     tuple or None
         ``(spikes, H or None)``; ``None`` if the kernel is unavailable (the caller runs the loop).
     """
-    lib = _library()
+    lib = library()
     if lib is None:
         return None
     x = x.contiguous()

@@ -1,0 +1,111 @@
+"""2x2 average pooling on the CPU without ATen's slow generic kernel.
+
+Spiking conv nets pool every time step: the paper's MNIST SNN at ``T = 8``, batch 64, pools a
+``[512, 15, 28, 28]`` spike tensor after its first layer. ATen's CPU ``avg_pool2d`` for NCHW tensors
+computes every window's bounds and divisor per output element and does not vectorise: on 2 cores it
+took 8-11 ms forward and 14 ms backward for that tensor, more than the convolutions of the pruned model
+(``benchmarks/bench_speedup.py`` profile). For the common case, a 2x2 window with stride 2 and no
+padding, :class:`AvgPool2d` runs a plain loop from the package's kernel library
+(:mod:`nni_dpap.snn.fused`, same build and cache) that sums each window in ATen's order and divides by
+4, so outputs and gradients are bit-identical to :func:`torch.nn.functional.avg_pool2d`; it is 3-10x
+faster forward and 5-10x backward on 2 cores.
+
+Anything else (another window, padding, ``ceil_mode``, ``divisor_override``, a GPU tensor, a dtype other
+than float32/float64, a non-contiguous or channels-last tensor, tracing, ``torch.compile``, or no
+kernel library) runs :class:`torch.nn.AvgPool2d` unchanged, so the module is a drop-in replacement and
+NNI's speedup, DPAP's graph tracer and ``torch.compile`` see an ordinary average pooling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import fused
+
+__all__ = ["AvgPool2d", "avg_pool2x2"]
+
+_DTYPES = {torch.float32: 0, torch.float64: 1}
+
+
+def _fits(x: Tensor) -> bool:
+    return (type(x) is Tensor and x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() in (3, 4)
+            and x.is_contiguous() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch.compiler.is_compiling())
+
+
+def _planes(shape: torch.Size) -> tuple[int, int, int]:
+    planes = 1
+    for size in shape[:-2]:
+        planes *= size
+    return planes, shape[-2], shape[-1]
+
+
+class _AvgPool2x2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, lib: Any) -> Tensor:
+        P, H, W = _planes(x.shape)
+        y = x.new_empty((*x.shape[:-2], H // 2, W // 2))
+        if y.numel():
+            lib.nni_dpap_avg_pool2x2_forward(_DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), P, H, W,
+                                             fused.threads_for(x.numel()))
+        ctx.shape, ctx.lib = x.shape, lib
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor, None]:
+        grad_y = grad_y.contiguous()
+        grad_x = grad_y.new_empty(ctx.shape)
+        P, H, W = _planes(ctx.shape)
+        if grad_y.numel():
+            ctx.lib.nni_dpap_avg_pool2x2_backward(_DTYPES[grad_y.dtype], grad_y.data_ptr(), grad_x.data_ptr(), P, H,
+                                                  W, fused.threads_for(grad_x.numel()))
+        else:
+            grad_x.zero_()
+        return grad_x, None
+
+
+def avg_pool2x2(x: Tensor) -> Tensor | None:
+    """``avg_pool2d(x, 2)`` of a contiguous ``[N, C, H, W]`` or ``[C, H, W]`` float CPU tensor with the kernel.
+
+    Returns ``None`` where the kernel does not apply (see the module docstring) or cannot be built;
+    the caller then runs :func:`torch.nn.functional.avg_pool2d`.
+    """
+    if not _fits(x) or x.shape[-2] < 2 or x.shape[-1] < 2:
+        return None  # a window larger than the input: ATen raises the error that explains it
+    lib = fused.library()
+    if lib is None:
+        return None
+    return _AvgPool2x2.apply(x, lib)
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """:class:`torch.nn.AvgPool2d` whose 2x2 / stride-2 case runs the package's CPU kernel.
+
+    Same arguments, same results (bit for bit) and same gradients as :class:`torch.nn.AvgPool2d`;
+    see the module docstring for when the kernel is used.
+
+    Examples
+    --------
+    >>> pool = AvgPool2d(2)
+    >>> pool(torch.arange(16.0).view(1, 1, 4, 4))
+    tensor([[[[ 2.5000,  4.5000],
+              [10.5000, 12.5000]]]])
+    """
+
+    def _is_2x2(self) -> bool:
+        def pair(v: Any) -> tuple[Any, ...]:
+            return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+        return (pair(self.kernel_size) == (2, 2) and pair(self.stride) == (2, 2) and pair(self.padding) == (0, 0)
+                and not self.ceil_mode and self.divisor_override is None)
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's parameter name
+        if self._is_2x2():
+            out = avg_pool2x2(input)
+            if out is not None:
+                return out
+        return super().forward(input)

@@ -1,0 +1,86 @@
+"""The 2x2 average-pooling kernel: the same numbers as torch's, used only where it applies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nni_dpap.models import SpikingConvNet
+from nni_dpap.snn import AvgPool2d, fused
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="no C++ compiler for the kernel library")
+
+
+def _kernel_used(y: torch.Tensor) -> bool:
+    return y.grad_fn is not None and "AvgPool2x2" in type(y.grad_fn).__name__
+
+
+@pytest.mark.parametrize("shape", [(64, 15, 28, 28), (3, 5, 7, 9), (2, 4, 2, 3), (6, 10, 11)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_and_backward_equal_torch(shape, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=dtype).requires_grad_()
+    ref = x.detach().clone().requires_grad_()
+    y, y_ref = AvgPool2d(2)(x), F.avg_pool2d(ref, 2)
+    assert _kernel_used(y) and y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-6)
+    grad = torch.randn(y.shape, generator=gen, dtype=dtype)
+    y.backward(grad)
+    y_ref.backward(grad)
+    torch.testing.assert_close(x.grad, ref.grad, rtol=0, atol=1e-6)  # odd rows/columns get exactly 0
+
+
+def test_gradcheck_and_non_contiguous_gradient():
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(AvgPool2d(2), (x,))
+    y = AvgPool2d(2)(x)
+    grad = torch.randn(y.shape[::-1], dtype=torch.float64).permute(3, 2, 1, 0)  # not contiguous
+    (gx,) = torch.autograd.grad(y, x, grad)
+    (gx_ref,) = torch.autograd.grad(F.avg_pool2d(x, 2), x, grad)
+    torch.testing.assert_close(gx, gx_ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: (AvgPool2d(3, 2), x), lambda x: (AvgPool2d(2, 1), x), lambda x: (AvgPool2d(2, padding=1), x),
+    lambda x: (AvgPool2d(2, ceil_mode=True), x), lambda x: (AvgPool2d(2, divisor_override=3), x),
+    lambda x: (AvgPool2d(2), x.contiguous(memory_format=torch.channels_last)),
+    lambda x: (AvgPool2d(2), x.transpose(2, 3)), lambda x: (AvgPool2d(2), x.to(torch.bfloat16)),
+])
+def test_other_settings_and_layouts_run_torchs_pooling(make):
+    x = torch.randn(2, 3, 7, 8, requires_grad=True)
+    pool, inp = make(x)
+    y = pool(inp)
+    assert not _kernel_used(y)
+    torch.testing.assert_close(y, nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode,
+                                              divisor_override=pool.divisor_override)(inp), rtol=0, atol=0)
+
+
+def test_without_the_library_torch_pools(monkeypatch):
+    state = fused._State()
+    state.failure = "RuntimeError: simulated"
+    monkeypatch.setattr(fused, "_STATE", state)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    y = AvgPool2d(2)(x)
+    assert not _kernel_used(y)
+    torch.testing.assert_close(y, F.avg_pool2d(x, 2), rtol=0, atol=1e-6)
+
+
+def test_too_small_input_gets_torchs_error_and_tracing_sees_avg_pool():
+    with pytest.raises(RuntimeError, match="too small|Output size"):
+        AvgPool2d(2)(torch.randn(1, 1, 1, 4))
+    graph = torch.fx.symbolic_trace(nn.Sequential(nn.Conv2d(1, 2, 3), AvgPool2d(2))).graph
+    assert [n.target for n in graph.nodes if n.op == "call_function"] == [F.avg_pool2d]  # the fallback, traced
+
+
+def test_spiking_conv_net_pools_with_the_kernel_and_matches_torch_pooling():
+    torch.manual_seed(0)
+    net = SpikingConvNet(1, 12, 10, T=2)
+    reference = SpikingConvNet(1, 12, 10, T=2)
+    reference.load_state_dict(net.state_dict())
+    reference.pool1, reference.pool2 = nn.AvgPool2d(2), nn.AvgPool2d(2)
+    assert isinstance(net.pool1, nn.AvgPool2d)  # NNI and the graph tracer see an ordinary pooling layer
+    x = torch.rand(3, 1, 12, 12)
+    torch.testing.assert_close(net(x), reference(x), rtol=0, atol=1e-6)
+    assert _kernel_used(net.pool1(torch.rand(2, 15, 12, 12, requires_grad=True)))
