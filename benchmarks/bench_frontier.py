@@ -10,9 +10,13 @@ For every net and seed:
   and ``TaylorPruner`` continue from the dense state after E/2 epochs (L1: prune, then
   fine-tune E/2 epochs; Taylor: collect Taylor scores for one epoch of training, prune,
   fine-tune the rest), ``MovementPruner`` trains from the same initial weights for E
-  epochs (warm-up one epoch, sparsity reached at 3/4 of the run). All of them prune
+  epochs (warm-up one epoch, sparsity reached at 3/4 of the run). These three prune
   single weights (the most flexible granularity), so they are matched on fine-grained
   masks against DPAP's channels, neurons and synapses.
+* the same points with DPAP's own, structured granularity: ``l1_channel`` (L1NormPruner
+  on whole output channels / neurons + fine-tuning) and ``taylor_channel`` (TaylorPruner,
+  Molchanov et al.'s channel criterion), each layer keeping as many weights as DPAP's
+  layer, by whole units (the layer's inputs shrink with its upstream layer's units).
 
 Every run sees the same batches in the same order: epoch ``e`` of seed ``s`` is the
 permutation drawn from a generator seeded with ``(s, e)``, whichever run asks for it.
@@ -51,11 +55,15 @@ from torch import nn
 
 from nni_dpap import DPAPPruner
 from nni_dpap.data import load_data
+from nni_dpap.graph import upstream_layers
 from nni_dpap.models import LeNetANN, SpikingConvNet
 from nni_dpap.report import format_table, layer_costs, totals
 from nni_dpap.training import classification_step, evaluate_accuracy
 
 MATCH_FROM = 0.70  # baselines are matched where DPAP removes at least this much
+#: NNI's pruners matched to DPAP: single weights (``l1_finetune``, ``taylor``, ``movement``) and whole output
+#: units, DPAP's own granularity (``l1_channel``: L1NormPruner + fine-tuning, ``taylor_channel``: TaylorPruner)
+BASELINES = ("l1_finetune", "taylor", "movement", "l1_channel", "taylor_channel")
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,7 @@ class Seed:
         torch.manual_seed(seed)
         self.initial = net.build().to(device).state_dict()
         self.layers = _prunable(self._model())
+        self.upstream = upstream_layers(self._model())
 
     def _model(self) -> nn.Module:
         model = self.net.build().to(self.device)
@@ -222,6 +231,27 @@ class Seed:
                                "granularity": [1] * dims})
         return config
 
+    def _channel_config(self, target: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+        """Whole output units (channels / neurons) removed so that each layer keeps as many weights as DPAP's.
+
+        Layer by layer in forward order: a unit of a layer holds ``kernel x inputs kept`` weights, the
+        inputs kept being the units its upstream layer keeps; the number of units kept is the one whose
+        weights come closest to what the DPAP run kept in that layer (at least one).
+        """
+        model, kept, config = self._model(), {}, []
+        for name in self.layers:
+            weight = model.get_submodule(name).weight
+            source = self.upstream.get(name)
+            inputs = 1.0 if source not in kept else kept[source] / model.get_submodule(source).weight.shape[0]
+            per_unit = weight[0].numel() * inputs
+            target_kept = target[name]["weights"] - target[name]["weights_removed"]
+            units = weight.shape[0]
+            kept[name] = min(units, max(1, round(target_kept / per_unit)))
+            if kept[name] < units:  # NNI floors ratio x units: +0.5 removes exactly units - kept
+                config.append({"op_names": [name], "sparse_ratio": (units - kept[name] + 0.5) / units,
+                               "granularity": "out_channel"})
+        return config
+
     def _finish(self, pruner: Any, model: nn.Module) -> nn.Module:
         masks = pruner.get_masks()
         pruner.unwrap_model()
@@ -232,25 +262,28 @@ class Seed:
                         getattr(model.get_submodule(name), target).mul_(mask)
         return model
 
-    def l1_finetune(self, snapshot: dict[str, Any], target: dict[str, dict[str, int]]) -> tuple[nn.Module, list]:
+    def l1_finetune(self, snapshot: dict[str, Any], target: dict[str, dict[str, int]],
+                    structured: bool = False) -> tuple[nn.Module, list]:
         model, accuracies = self._model(), []
         model.load_state_dict(snapshot["model"])
         half = self.epochs // 2
-        pruner = L1NormPruner(model, self._config(target))
+        pruner = L1NormPruner(model, self._channel_config(target) if structured else self._config(target))
         pruner.compress()
         optimizer = _continued_adam(model, self.net.lr, snapshot)  # the dense run's optimizer goes on
         training_function(self.batches, half, self._recorder(accuracies))(model, optimizer, classification_step, None,
                                                                              None, self.epochs - half)
         return self._finish(pruner, model), accuracies
 
-    def taylor(self, snapshot: dict[str, Any], target: dict[str, dict[str, int]]) -> tuple[nn.Module, list]:
+    def taylor(self, snapshot: dict[str, Any], target: dict[str, dict[str, int]],
+               structured: bool = False) -> tuple[nn.Module, list]:
         model, accuracies = self._model(), []
         model.load_state_dict(snapshot["model"])
         half = self.epochs // 2
         # NNI rebuilds a traced optimizer when it binds the model: the scoring epoch starts a fresh Adam
         evaluator = TorchEvaluator(training_function(self.batches, half, self._recorder(accuracies)),
                                    _adam(model, self.net.lr), classification_step)
-        pruner = TaylorPruner(model, self._config(target), evaluator, training_steps=self.batches.steps)
+        config = self._channel_config(target) if structured else self._config(target)
+        pruner = TaylorPruner(model, config, evaluator, training_steps=self.batches.steps)
         pruner.compress()  # one epoch of training collecting Taylor scores, then prune
         fine_tune = _continued_adam(model, self.net.lr, snapshot)
         training_function(self.batches, half + 1, self._recorder(accuracies))(
@@ -311,16 +344,17 @@ def run_seed(name: str, net: Net, seed: int, device: torch.device, quick: bool, 
         if not quick and (record["params_removed"] < MATCH_FROM or (net.match is not None and point not in net.match)):
             continue
         target = record["layers"]
-        for method in ("l1_finetune", "taylor", "movement"):
+        for method in BASELINES:
             if (method, point) in have:
                 continue
             _, dense_acc, snapshot = dense_run()
             half = dense_acc[:run.epochs // 2]  # L1 and Taylor continue the dense run: its first half is theirs
             start = time.perf_counter()
-            if method == "l1_finetune":
-                model, accuracies = run.l1_finetune(snapshot, target)
-            elif method == "taylor":
-                model, accuracies = run.taylor(snapshot, target)
+            structured = method.endswith("_channel")
+            if method.startswith("l1_"):
+                model, accuracies = run.l1_finetune(snapshot, target, structured)
+            elif method.startswith("taylor"):
+                model, accuracies = run.taylor(snapshot, target, structured)
             else:
                 model, accuracies = run.movement(target)
             if method != "movement":
@@ -383,7 +417,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     nets = list(dict.fromkeys(r["net"] for r in records))
     fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.2), squeeze=False)
     markers = {"dpap": ("o", "C0"), "l1_finetune": ("s", "C1"), "taylor": ("^", "C2"), "movement": ("v", "C3"),
-               "dense": ("*", "k")}
+               "l1_channel": ("D", "C4"), "taylor_channel": ("P", "C5"), "dense": ("*", "k")}
     for ax, net in zip(axes[0], nets):
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in records:

@@ -34,7 +34,7 @@ def test_frontier_quick_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads((tmp_path / "frontier_quick.json").read_text())
     methods = {r["method"] for r in records}
-    assert {"dense", "dpap_default", "l1_finetune", "taylor", "movement"} <= methods
+    assert {"dense", "dpap_default", "l1_finetune", "taylor", "movement", "l1_channel", "taylor_channel"} <= methods
     for record in records:
         assert set(record) >= {"net", "method", "point", "seed", "params_removed", "accuracy"}
         assert record["net"] == "digits_ann" and 0.0 <= record["params_removed"] < 1.0
@@ -42,4 +42,7 @@ def test_frontier_quick_run(tmp_path):
         dpap = next(r for r in records if r["method"] == f"dpap_{point}")
         l1 = next(r for r in records if r["method"] == "l1_finetune" and r["point"] == point)
         assert abs(dpap["params_removed"] - l1["params_removed"]) < 0.01
+        for method in ("l1_channel", "taylor_channel"):  # whole units: as close as unit sizes allow
+            channel = next(r for r in records if r["method"] == method and r["point"] == point)
+            assert abs(dpap["params_removed"] - channel["params_removed"]) < 0.03
     assert (tmp_path / "frontier_quick.png").stat().st_size > 10_000

@@ -16,6 +16,9 @@ def test_direct_encoder_time_major_layout():
     torch.testing.assert_close(unfold_time(y, 3), x.expand(3, 2, 3))
     torch.testing.assert_close(fold_time(unfold_time(y, 3)), y)
     torch.testing.assert_close(TimeAverage(3)(y), x)
+    assert y.is_contiguous() and y.data_ptr() != x.data_ptr()  # a real copy: neurons may write in place
+    graph = torch.fx.symbolic_trace(DirectEncoder(3)).graph  # a tracer records the repeat as a cat
+    assert [n.target for n in graph.nodes if n.op == "call_function"] == [torch.cat]
 
 
 def test_time_average_and_errors():

@@ -43,7 +43,9 @@ class DirectEncoder(nn.Module):
         return f"T={self.T}"
 
     def forward(self, x: Tensor) -> Tensor:
-        # torch.cat of T references keeps the module traceable by torch.fx
+        if type(x) is Tensor:  # one strided copy: torch.cat of T inputs took 8-60 ms for [512, 15, 28, 28] on 2 cores
+            return x.unsqueeze(0).expand(self.T, *x.shape).reshape(self.T * x.shape[0], *x.shape[1:])
+        # a tracer's proxy: torch.cat of T references is what torch.fx and NNI's tracer can record
         return torch.cat([x] * self.T, 0)
 
 
