@@ -14,6 +14,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from nni_dpap.allocator import keep_freed_memory
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "examples"))  # the digits examples' shared settings
@@ -29,7 +31,10 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def setup(args: argparse.Namespace) -> torch.device:
+    """Fixed threads, and freed CPU memory kept in the process for every method alike (page faults otherwise
+    dominated the SNNs' step times and their spread, ``nni_dpap.allocator``)."""
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available here")
     return torch.device(args.device)
@@ -76,6 +81,7 @@ def save(name: str, args: argparse.Namespace, data: dict[str, Any], tables: Sequ
     results.mkdir(parents=True, exist_ok=True)
     meta = {"benchmark": name, "date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": commit(),
             "torch": torch.__version__, "device": args.device, "threads": args.threads, "quick": args.quick,
+            "freed_memory_kept": keep_freed_memory(),
             "cpu": _cpu_name()}
     (results / f"{name}.json").write_text(json.dumps({"meta": meta, **data}, indent=2, default=str))
     quick = " — QUICK RUN" if args.quick else ""

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fuse NNI's QATQuantizer with DPAP and also save the shrunk int8 model (model_int8.pth)")
     p.add_argument("--num-workers", type=int, default=s, help="data loader workers (default 0)")
     p.add_argument("--no-progress", action="store_true", default=s, help="hide the progress bar")
+    p.add_argument("--return-freed-memory", dest="keep_freed_memory", action="store_false", default=s,
+                   help="let glibc return freed CPU memory to the OS (default: kept in the process, which "
+                        "avoids page faults on every batch; nni_dpap.allocator)")
 
     r = sub.add_parser("report", help="parameters, FLOPs, synaptic operations and energy of a saved model")
     r.add_argument("model_file", help="model.pt written by 'nni-dpap prune'")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ._validate import check_bool, check_choice, check_float, check_int
+from .allocator import keep_freed_memory
 from .artifacts import save_artifact
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, load_data, make_loaders
@@ -49,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "preset": "braincog", "hparams": None, "paper_settings": False, "T": None, "batch_size": 64, "lr": 3e-3,
     "optimizer": "adam", "weight_decay": 0.0, "scheduler": "none", "device": "cpu", "seed": 0, "logdir": None,
     "checkpoint": None, "resume": False, "stop_after": None, "speedup": False, "no_progress": False,
-    "num_workers": 0,
+    "num_workers": 0, "keep_freed_memory": True,  # glibc keeps freed CPU memory (nni_dpap.allocator)
     "quantize": None,  # "int8": DPAP fused with NNI's QATQuantizer, int8 model written (nni_dpap.pipeline)
 }
 # what must be equal for a checkpoint to be resumed
@@ -110,6 +111,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "seed": lambda n, v: check_int(n, v, minimum=0), "logdir": _optional(_check_path),
     "checkpoint": _optional(_check_path), "resume": check_bool, "stop_after": _optional(check_int),
     "speedup": check_bool, "no_progress": check_bool, "num_workers": lambda n, v: check_int(n, v, minimum=0),
+    "keep_freed_memory": check_bool,
     "quantize": _optional(lambda n, v: check_choice(n, v, list(QUANTIZE_CHOICES))),
 }
 
@@ -231,6 +233,8 @@ class Run:
             raise CheckpointError(f"{self.checkpoint} is a finished run ({resumed['epoch']} of {s['epochs']} epochs): "
                                   "nothing to resume")
         self.device = torch.device(s["device"])
+        if s["keep_freed_memory"]:
+            keep_freed_memory()
         seed_everything(s["seed"])
         spec = model_spec(s["model"])
         data = load_data(s["data"], s["data_dir"], s["download"], T=s["T"] or spec.T or 10)

@@ -198,3 +198,10 @@ def test_prune_on_event_data(tmp_path):
     metrics = json.loads((logdir / "metrics.json").read_text())
     assert metrics["layers"]["conv1"]["spiking_input"] is False and metrics["layers"]["fc1"]["spiking_input"]
     assert _run(["speedup", str(logdir / "model.pt"), "--output", str(tmp_path / "s.pth")]) == 0
+
+
+def test_freed_memory_flag_reaches_the_settings():
+    from nni_dpap.cli import build_parser
+
+    assert "keep_freed_memory" not in vars(build_parser().parse_args(["prune"]))  # the library default: kept
+    assert vars(build_parser().parse_args(["prune", "--return-freed-memory"]))["keep_freed_memory"] is False

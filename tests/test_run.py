@@ -39,6 +39,7 @@ def test_settings_precedence_and_defaults(tmp_path):
     ({"hparams": {"conv_epsilon": 1.0}}, "unknown DPAP hyper-parameter 'conv_epsilon'"),
     ({"device": "gpu"}, "device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
     ({"speedup": "yes"}, "speedup must be true or false"),
+    ({"keep_freed_memory": "yes"}, "keep_freed_memory must be true or false"),
     ({"model": "lenet5"}, "unknown model 'lenet5'; choose one of"),
     ({"data": "bogus"}, "unknown data set 'bogus'; choose one of"),
     ({"stop_after": 0}, "stop_after must be a positive int"),
