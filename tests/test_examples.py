@@ -50,12 +50,14 @@ def test_events_example_runs(tmp_path):
 
 @pytest.mark.slow
 def test_events_example_meets_its_targets(tmp_path):
-    """The README's run: time sparsity > 0, energy below the space-only run, accuracy within 2 points."""
+    """The README's run (seed 0): >= 10% of (unit, step) pairs silenced at no energy cost, accuracy within 1.5
+    points of the space-only run and 3 points of dense (the README gives seeds 0-2)."""
     results = _events_example(tmp_path)
     st, space, dense = results["DPAP space + time"], results["DPAP space"], results["dense"]
-    assert st["time_sparsity"] > 0
-    assert st["energy_ratio"] < space["energy_ratio"]
-    assert st["accuracy"] >= dense["accuracy"] - 0.02
+    assert st["time_sparsity"] >= 0.10
+    assert st["energy_ratio"] <= space["energy_ratio"] + 0.01
+    assert st["accuracy"] >= space["accuracy"] - 0.015
+    assert st["accuracy"] >= dense["accuracy"] - 0.03
 
 
 def test_spikingjelly_example_runs():
