@@ -23,7 +23,6 @@ Only glibc (Linux) has these knobs; elsewhere the call does nothing and returns 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import platform
 
@@ -51,7 +50,7 @@ def keep_freed_memory() -> bool:
         _logger.debug("keep_freed_memory: not glibc (%s), nothing changed", platform.libc_ver())
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")  # glibc's soname (find_library would spawn ldconfig)
         mallopt = libc.mallopt
     except (OSError, AttributeError) as exc:
         _logger.debug("keep_freed_memory: no mallopt (%s)", exc)

@@ -233,6 +233,19 @@ void pool_backward(const F* gy, F* gx, int64_t P, int64_t H, int64_t W, int thre
   }
 }
 
+// Calls fn(F{}) with F = float (dtype 0) or double (dtype 1); returns 0, or -1 for an unknown dtype.
+template <typename Fn>
+int with_dtype(int dtype, Fn&& fn) {
+  if (dtype == 0) {
+    fn(float{});
+  } else if (dtype == 1) {
+    fn(double{});
+  } else {
+    return -1;
+  }
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -242,14 +255,7 @@ extern "C" {
 int nni_dpap_lif_forward(int dtype, const void* x, const void* gate, void* s, void* h, int64_t T, int64_t B,
                          int64_t L, double k, double vth, double vr, int mul, int threads) {
   const Params p{T, B, L, k, vth, vr, 0.0, threads};
-  if (dtype == 0) {
-    forward_typed<float>(x, gate, s, h, p, mul != 0);
-  } else if (dtype == 1) {
-    forward_typed<double>(x, gate, s, h, p, mul != 0);
-  } else {
-    return -1;
-  }
-  return 0;
+  return with_dtype(dtype, [&](auto zero) { forward_typed<decltype(zero)>(x, gate, s, h, p, mul != 0); });
 }
 
 // Writes dL/dX into gx; returns dL/dk (PLIF with grad_k != 0; x is only read then), else 0.
@@ -263,26 +269,18 @@ double nni_dpap_lif_backward(int dtype, const void* gs, const void* h, const voi
 
 // 2x2 average pooling (see pool_forward / pool_backward). Returns 0, or -1 for an unknown dtype.
 int nni_dpap_avg_pool2x2_forward(int dtype, const void* x, void* y, int64_t P, int64_t H, int64_t W, int threads) {
-  if (dtype == 0) {
-    pool_forward<float>(static_cast<const float*>(x), static_cast<float*>(y), P, H, W, threads);
-  } else if (dtype == 1) {
-    pool_forward<double>(static_cast<const double*>(x), static_cast<double*>(y), P, H, W, threads);
-  } else {
-    return -1;
-  }
-  return 0;
+  return with_dtype(dtype, [&](auto zero) {
+    using F = decltype(zero);
+    pool_forward<F>(static_cast<const F*>(x), static_cast<F*>(y), P, H, W, threads);
+  });
 }
 
 int nni_dpap_avg_pool2x2_backward(int dtype, const void* gy, void* gx, int64_t P, int64_t H, int64_t W,
                                   int threads) {
-  if (dtype == 0) {
-    pool_backward<float>(static_cast<const float*>(gy), static_cast<float*>(gx), P, H, W, threads);
-  } else if (dtype == 1) {
-    pool_backward<double>(static_cast<const double*>(gy), static_cast<double*>(gx), P, H, W, threads);
-  } else {
-    return -1;
-  }
-  return 0;
+  return with_dtype(dtype, [&](auto zero) {
+    using F = decltype(zero);
+    pool_backward<F>(static_cast<const F*>(gy), static_cast<F*>(gx), P, H, W, threads);
+  });
 }
 
 int nni_dpap_lif_abi_version(void) { return 2; }

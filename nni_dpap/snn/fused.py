@@ -74,7 +74,7 @@ from torch import Tensor
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["FusedConfig", "available", "library", "lif_multi_step", "unavailable_reason"]
+__all__ = ["FusedConfig", "available", "library", "lif_multi_step", "plain_cpu_tensor", "unavailable_reason"]
 
 _KERNEL = "_lif_kernel.cpp"  # in this package
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math")
@@ -85,7 +85,7 @@ _OPENMP = "-fopenmp"
 # library for the wrong CPU; a compiler without -march=native builds the portable library.
 _NATIVE = "-march=native"
 _ABI_VERSION = 2
-_DTYPES = {torch.float32: 0, torch.float64: 1}
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
 _MIN_PARALLEL = 1 << 15  # elements per step below which one thread is faster than waking the others
 
 
@@ -245,10 +245,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def library() -> ctypes.CDLL | None:
-    """The loaded kernel library (fused neurons and :mod:`~nni_dpap.snn.pooling`).
-
-    ``None`` (after logging why, once per process) if it cannot be built.
-    """
+    """The kernel library (neurons and :mod:`~nni_dpap.snn.pooling`); ``None`` if it cannot be built (logged once)."""
     state = _STATE
     if state.lib is not None or state.failure is not None:
         return state.lib
@@ -298,6 +295,12 @@ def _expand_gate(mask: Tensor, x: Tensor, T: int) -> Tensor:
     return gate.unsqueeze(-1).expand(T, gate.shape[1], inner).reshape(T, -1).contiguous()
 
 
+def plain_cpu_tensor(x: Any) -> bool:
+    """Whether the kernels can read ``x``: a plain float32/float64 CPU tensor, outside tracing and compilation."""
+    return (type(x) is Tensor and x.device.type == "cpu" and x.dtype in DTYPE_CODES and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+
+
 def threads_for(per_step: int) -> int:
     """OpenMP threads for a kernel call touching ``per_step`` elements at a time."""
     return torch.get_num_threads() if per_step >= _MIN_PARALLEL else 1
@@ -313,7 +316,7 @@ def _forward(lib: ctypes.CDLL, x: Tensor, gate: Tensor | None, k: float, mul: bo
     s = torch.empty_like(x, memory_format=torch.contiguous_format)
     h = torch.empty_like(s) if write_h else None
     if x.numel():
-        lib.nni_dpap_lif_forward(_DTYPES[x.dtype], _ptr(x), _ptr(gate), _ptr(s), _ptr(h), geo.T, geo.B, geo.L, k,
+        lib.nni_dpap_lif_forward(DTYPE_CODES[x.dtype], _ptr(x), _ptr(gate), _ptr(s), _ptr(h), geo.T, geo.B, geo.L, k,
                                  cfg.v_threshold, cfg.v_reset, int(mul), threads_for(geo.B * geo.L))
     return s, h
 
@@ -325,7 +328,7 @@ def _backward(lib: ctypes.CDLL, grad_s: Tensor, h: Tensor, x: Tensor | None, gat
     grad_k = 0.0
     if h.numel():
         grad_k = lib.nni_dpap_lif_backward(
-            _DTYPES[h.dtype], _ptr(grad_s), _ptr(h), _ptr(x), _ptr(gate), _ptr(grad_x), geo.T, geo.B, geo.L, k,
+            DTYPE_CODES[h.dtype], _ptr(grad_s), _ptr(h), _ptr(x), _ptr(gate), _ptr(grad_x), geo.T, geo.B, geo.L, k,
             cfg.v_threshold, cfg.v_reset, int(mul), int(cfg.surrogate == "sigmoid"), cfg.alpha,
             int(cfg.detach_reset), int(x is not None), threads_for(geo.B * geo.L))
     return grad_x, grad_k

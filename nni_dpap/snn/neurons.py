@@ -275,9 +275,7 @@ class BaseNeuron(nn.Module):
             return False
         if type(self.surrogate) not in _FUSED_SURROGATES or not self.surrogate.spiking:
             return False
-        if type(x) is not Tensor or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-            return False
-        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        if not fused.plain_cpu_tensor(x):
             return False
         return self._fused_mask_fits(x) and self._fused_charge()
 

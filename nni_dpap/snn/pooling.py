@@ -18,6 +18,7 @@ NNI's speedup, DPAP's graph tracer and ``torch.compile`` see an ordinary average
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -27,20 +28,9 @@ from . import fused
 
 __all__ = ["AvgPool2d", "avg_pool2x2"]
 
-_DTYPES = {torch.float32: 0, torch.float64: 1}
-
-
-def _fits(x: Tensor) -> bool:
-    return (type(x) is Tensor and x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() in (3, 4)
-            and x.is_contiguous() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-            and not torch.compiler.is_compiling())
-
 
 def _planes(shape: torch.Size) -> tuple[int, int, int]:
-    planes = 1
-    for size in shape[:-2]:
-        planes *= size
-    return planes, shape[-2], shape[-1]
+    return math.prod(shape[:-2]), shape[-2], shape[-1]
 
 
 class _AvgPool2x2(torch.autograd.Function):
@@ -48,8 +38,8 @@ class _AvgPool2x2(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, lib: Any) -> Tensor:
         P, H, W = _planes(x.shape)
         y = x.new_empty((*x.shape[:-2], H // 2, W // 2))
-        if y.numel():
-            lib.nni_dpap_avg_pool2x2_forward(_DTYPES[x.dtype], x.data_ptr(), y.data_ptr(), P, H, W,
+        if P:
+            lib.nni_dpap_avg_pool2x2_forward(fused.DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(), P, H, W,
                                              fused.threads_for(x.numel()))
         ctx.shape, ctx.lib = x.shape, lib
         return y
@@ -60,11 +50,9 @@ class _AvgPool2x2(torch.autograd.Function):
         grad_y = grad_y.contiguous()
         grad_x = grad_y.new_empty(ctx.shape)
         P, H, W = _planes(ctx.shape)
-        if grad_y.numel():
-            ctx.lib.nni_dpap_avg_pool2x2_backward(_DTYPES[grad_y.dtype], grad_y.data_ptr(), grad_x.data_ptr(), P, H,
-                                                  W, fused.threads_for(grad_x.numel()))
-        else:
-            grad_x.zero_()
+        if P:  # H, W >= 2 (avg_pool2x2): every element of grad_x is written
+            ctx.lib.nni_dpap_avg_pool2x2_backward(fused.DTYPE_CODES[grad_y.dtype], grad_y.data_ptr(),
+                                                  grad_x.data_ptr(), P, H, W, fused.threads_for(grad_x.numel()))
         return grad_x, None
 
 
@@ -74,7 +62,7 @@ def avg_pool2x2(x: Tensor) -> Tensor | None:
     Returns ``None`` where the kernel does not apply (see the module docstring) or cannot be built;
     the caller then runs :func:`torch.nn.functional.avg_pool2d`.
     """
-    if not _fits(x) or x.shape[-2] < 2 or x.shape[-1] < 2:
+    if not fused.plain_cpu_tensor(x) or x.dim() not in (3, 4) or not x.is_contiguous() or min(x.shape[-2:]) < 2:
         return None  # a window larger than the input: ATen raises the error that explains it
     lib = fused.library()
     if lib is None:
