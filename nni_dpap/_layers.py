@@ -89,6 +89,7 @@ class LayerState:
 
     def __post_init__(self) -> None:
         self._adapter: NeuronAdapter | None = None
+        self._weight_dim = self.weight.dim()  # (read on every forward; a shrink keeps the number of dims)
 
     # -- sizes and masks -------------------------------------------------------------
     @property
@@ -157,7 +158,7 @@ class LayerState:
         x = x.detach()
         if self.link.kind == "linear":
             return x.reshape(-1, x.shape[-1])
-        if x.dim() == self.weight.dim() + 1:
+        if x.dim() == self._weight_dim + 1:
             x = x.flatten(0, 1)
         return reduce_spatial(x, channel_dim=1)
 

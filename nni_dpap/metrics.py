@@ -24,7 +24,7 @@ from .errors import ConfigError, ShapeError
 from .plasticity import (
     bcm_plasticity,
     developmental_value,
-    sliding_threshold,
+    sliding_thresholds,
     spike_trace,
     spike_trace_sequence,
     timestep_importance,
@@ -105,13 +105,14 @@ class LayerStatistics:
         self.time: Tensor | None = None
         self._pre: list[Tensor] = []
         self._post: list[Tensor] = []
-        self._waiting: list[tuple[Tensor, Tensor]] = []  # (pre, post) traces of batches not yet in BCM
+        self._waiting: list[tuple[Tensor, Tensor]] = []  # (pre, post) [T, B, N] of batches not yet in BCM
         # maps this process's batch mean of the post trace to the one the threshold should follow
         # (the mean over data-parallel ranks, see nni_dpap.distributed); identity by default
         self.batch_mean: Callable[[Tensor], Tensor] = lambda mean: mean
 
-    #: Batches whose traces wait for one batched BCM update (:meth:`flush`): the same sums as one update per
-    #: batch, in one matrix product instead of ``flush_every`` small ones (the hooks' cost on small nets).
+    #: Batches whose signals wait for one batched trace and BCM update (:meth:`flush`): the same sums as one
+    #: update per batch, in one weighted sum and one matrix product instead of ``flush_every`` small ones (the
+    #: hooks' cost on small nets).
     flush_every = 16
 
     #: The accumulated statistics; reading or replacing one first folds the waiting batches in.
@@ -161,18 +162,26 @@ class LayerStatistics:
                 f"pre- and postsynaptic signals of one batch disagree: {pre.shape[0]} input rows for {steps} time "
                 f"steps x {batch} samples; the neuron's T does not match the layer input"
             )
-        self.observe(pre.view(steps, batch, self.n_in), post)
+        self._observe(pre.view(steps, batch, self.n_in), post)  # (both fresh tensors of torch.cat: no copy)
         return True
 
     def observe(self, pre: Tensor, post: Tensor) -> None:
-        """Accumulate one batch of sequences ``pre [T, B, n_in]``, ``post [T, B, n_out]``."""
-        pre_traces = spike_trace_sequence(pre, self.tau) if self.temporal else None  # [T, B, n_in], Eq. (8)
-        pre_trace = pre_traces[-1] if pre_traces is not None else spike_trace(pre, self.tau)
-        post_trace = spike_trace(post, self.tau)  # [B, n_out]
-        self._waiting.append((pre_trace, post_trace))
+        """Accumulate one batch of sequences ``pre [T, B, n_in]``, ``post [T, B, n_out]``.
+
+        The signals are copied: a batch may wait for :meth:`flush` while the caller reuses its tensors.
+        """
+        self._observe(pre.detach().float().clone(), post.detach().float().clone())
+
+    def _observe(self, pre: Tensor, post: Tensor) -> None:
+        """:meth:`observe` of signals this object owns (nobody else writes to them)."""
+        if self._waiting and self._waiting[0][0].shape[0] != pre.shape[0]:
+            self.flush()  # (the traces of one flush are taken over one T)
+        # the traces (Eqs. 1-2) wait too: one weighted sum over all waiting batches at the flush
+        self._waiting.append((pre, post))
         if len(self._waiting) >= self.flush_every:
             self.flush()
-        if pre_traces is not None:
+        if self.temporal:
+            pre_traces = spike_trace_sequence(pre, self.tau)  # [T, B, n_in], Eq. (8)
             contribution = timestep_importance(pre_traces, post)
             if self.time is None or self.time.shape != contribution.shape:
                 if self.time is not None:
@@ -191,15 +200,19 @@ class LayerStatistics:
             return
         pres, posts = zip(*self._waiting)
         self._waiting = []
-        sizes = [p.shape[0] for p in posts]
-        means = self.batch_mean(torch.stack([p.mean(0) for p in posts]))  # [K, N_out]
-        thetas = [self._theta]
-        for k in range(len(posts)):  # Eq. (5), batch by batch: K small vector updates
-            thetas.append(sliding_threshold(thetas[-1], means[k : k + 1], self._num_batches + k + 1))
-        gate_theta = torch.stack(thetas[:-1]).repeat_interleave(torch.tensor(sizes, device=means.device), dim=0)
-        post_rows = torch.cat(posts)
-        self._bcm += bcm_plasticity(torch.cat(pres), post_rows, gate_theta)
-        self._theta, self._num_batches = thetas[-1], self._num_batches + len(posts)
+        sizes = [p.shape[1] for p in posts]
+        pre_rows = spike_trace(torch.cat(pres, 1), self.tau)  # [sum B, N_in]
+        post_rows = spike_trace(torch.cat(posts, 1), self.tau)  # [sum B, N_out]
+        uniform = len(set(sizes)) == 1
+        if uniform:
+            batch_means = post_rows.view(len(sizes), sizes[0], -1).mean(1)
+        else:
+            batch_means = torch.stack([rows.mean(0) for rows in post_rows.split(sizes)])
+        thetas = sliding_thresholds(self._theta, self.batch_mean(batch_means), self._num_batches)  # Eq. (5)
+        gates = torch.cat([self._theta[None], thetas[:-1]])  # the threshold in force at each batch
+        repeats = sizes[0] if uniform else torch.tensor(sizes, device=gates.device)
+        self._bcm += bcm_plasticity(pre_rows, post_rows, gates.repeat_interleave(repeats, dim=0))
+        self._theta, self._num_batches = thetas[-1].clone(), self._num_batches + len(sizes)
         self._trace += post_rows.sum(0)
 
     # -- reading -----------------------------------------------------------------------

@@ -27,6 +27,7 @@ __all__ = [
     "activation_trace",
     "bcm_plasticity",
     "sliding_threshold",
+    "sliding_thresholds",
     "developmental_value",
     "timestep_importance",
     "minmax",
@@ -37,7 +38,7 @@ def reduce_spatial(x: Tensor, channel_dim: int = 1) -> Tensor:
     """Sum every dim after ``channel_dim``: ``[..., C, H, W] -> [..., C]`` (Eq. 2 / 13)."""
     if x.dim() <= channel_dim + 1:
         return x
-    return x.flatten(channel_dim + 1).sum(-1)
+    return x.sum(tuple(range(channel_dim + 1, x.dim())))  # (one kernel: this runs in the hooks on every batch)
 
 
 @torch.no_grad()
@@ -142,6 +143,34 @@ def sliding_threshold(theta: Tensor, post: Tensor, num: int) -> Tensor:
     if num < 1:
         raise ValueError(f"num counts batches from 1, got {num}")
     return theta + (post.float().mean(0) - theta) / num
+
+
+@torch.no_grad()
+def sliding_thresholds(theta: Tensor, means: Tensor, num: int) -> Tensor:
+    """The sliding threshold after each of ``K`` batches, Eqs. (4)-(5) applied ``K`` times at once.
+
+    The threshold is the running mean of the batch means, so after batch ``k`` it is
+    ``(theta * num + sum_{j <= k} means_j) / (num + k)``: one cumulative sum instead of
+    ``K`` calls of :func:`sliding_threshold` (equal up to float rounding).
+
+    Parameters
+    ----------
+    theta
+        Threshold before the first of the batches ``[N_out]``.
+    means
+        Batch means of the postsynaptic trace ``[K, N_out]``.
+    num
+        Batches already averaged into ``theta`` (0 at the start of training).
+
+    Returns
+    -------
+    Tensor
+        ``[K, N_out]``: row ``k`` is the threshold after batch ``k``.
+    """
+    if num < 0:
+        raise ValueError(f"num counts the batches already seen, got {num}")
+    counts = torch.arange(num + 1, num + means.shape[0] + 1, dtype=torch.float32, device=means.device)
+    return (theta.float() * num + means.float().cumsum(0)) / counts[:, None]
 
 
 def minmax(x: Tensor, extra_zeros: int = 0) -> Tensor:

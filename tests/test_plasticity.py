@@ -5,8 +5,10 @@ import torch
 
 from nni_dpap.plasticity import (
     activation_trace, bcm_plasticity, developmental_value, minmax, reduce_spatial, sliding_threshold,
-    spike_trace, spike_trace_sequence, timestep_importance,
+    sliding_thresholds, spike_trace, spike_trace_sequence, timestep_importance,
 )
+
+from helpers import assert_close
 
 
 def test_spike_trace_eq1_hand_computed():
@@ -66,6 +68,19 @@ def test_sliding_threshold_eqs4_5_is_running_mean():
     assert theta.tolist() == [3.5, 1.0]
     with pytest.raises(ValueError):
         sliding_threshold(theta, posts[0], 0)
+
+
+def test_sliding_thresholds_equal_one_update_per_batch():
+    gen = torch.Generator().manual_seed(0)
+    means = torch.rand(7, 3, generator=gen) * 4
+    for start, num in ((torch.zeros(3), 0), (torch.tensor([1.0, 2.0, 0.5]), 11)):
+        expected, theta = [], start
+        for k in range(7):
+            theta = sliding_threshold(theta, means[k : k + 1], num + k + 1)
+            expected.append(theta)
+        assert_close(sliding_thresholds(start, means, num), torch.stack(expected))
+    with pytest.raises(ValueError):
+        sliding_thresholds(torch.zeros(3), means, -1)
 
 
 def test_developmental_value_eq7():

@@ -164,6 +164,8 @@ class BaseNeuron(nn.Module):
 
     def reset(self) -> None:
         """Forget the membrane state (single-step mode) and stored sequences."""
+        if self.v is None and self.h_seq is None and self.v_seq is None and self._step == 0:
+            return  # (nothing to forget; nn.Module's __setattr__ is slow and this runs on every batch)
         self.v = None
         self.h_seq = None
         self.v_seq = None
