@@ -207,7 +207,7 @@ class LayerStatistics:
         if uniform:
             batch_means = post_rows.view(len(sizes), sizes[0], -1).mean(1)
         else:
-            batch_means = torch.stack([rows.mean(0) for rows in post_rows.split(sizes)])
+            batch_means = torch.stack([rows.mean(0) for rows in torch.split(post_rows, sizes)])
         thetas = sliding_thresholds(self._theta, self.batch_mean(batch_means), self._num_batches)  # Eq. (5)
         gates = torch.cat([self._theta[None], thetas[:-1]])  # the threshold in force at each batch
         repeats = sizes[0] if uniform else torch.tensor(sizes, device=gates.device)
