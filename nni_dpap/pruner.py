@@ -76,7 +76,7 @@ class DPAPPruner(Pruner):
         ``len(train_loader)``: DPAP closes an epoch every ``steps_per_epoch`` steps.
     preset
         ``'braincog'`` (the released code's rule, default) or ``'paper'`` (the equations as printed), each
-        with the library's defaults for ``epochs`` (:func:`~nni_dpap.policy.defaults.default_hparams`); a
+        with the library's defaults for ``epochs``, SNN or ANN (:func:`~nni_dpap.policy.defaults.default_hparams`); a
         :class:`~nni_dpap.policy.DPAPConfig` is used as given.
     hparams
         Flat overrides of those defaults, e.g. ``{'conv_eps': 0.8}`` (:meth:`DPAPConfig.flat_keys`).
@@ -122,12 +122,13 @@ class DPAPPruner(Pruner):
         self.dpap_config = configuration(preset, hparams, self.epochs)
         self._dummy_input = dummy_input if dummy_input is not None else getattr(evaluator, "dummy_input", None)
         self.shrink_every = check_shrinking(model, shrink_every, self._dummy_input)
-        self._leaf_modules, self._concrete_args = tuple(leaf_modules), concrete_args
-        self.temporal = bool(temporal)
+        self._leaf_modules, self._concrete_args, self.temporal = tuple(leaf_modules), concrete_args, bool(temporal)
         info = resolve_links(model, config_list, temporal=self.temporal, leaf_modules=leaf_modules,
                              concrete_args=concrete_args, neuron_map=neuron_map,
                              prune_first_conv=self.dpap_config.prune_first_conv)
-        self._prefix = ddp_prefix(model)
+        if not (spiking := any(link.spiking for link in info.links.values())):  # an ANN: its own calibration
+            self.dpap_config = configuration(preset, hparams, self.epochs, spiking=False)  # (same prune_first_conv)
+        self._prefix, self.spiking = ddp_prefix(model), spiking  # (spiking: whether a neuron follows a layer)
         self.output_layers: tuple[str, ...] = info.output_layers
         norms = sorted({bn for link in info.links.values() for bn in link.norms})
         internal = [{"op_names": sorted(info.links)}] + ([{"op_names": norms}] if norms else [])
@@ -327,8 +328,7 @@ class DPAPPruner(Pruner):
     def state_dict(self) -> dict[str, Any]:
         """DPAP's whole state (statistics, survival values, masks, epoch) for checkpoints, under the plain
         model's layer names (so a data-parallel checkpoint resumes in one process and the other way round)."""
-        return {"epoch": self.current_epoch, "global_step": self._global_step,
-                "config": self.dpap_config.to_dict(),
+        return {"epoch": self.current_epoch, "global_step": self._global_step, "config": self.dpap_config.to_dict(),
                 "layers": {strip_prefix(n, self._prefix): lay.state_dict() for n, lay in self._layers.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -155,7 +155,8 @@ def resolve_settings(given: Mapping[str, Any] | None = None, config_file: str | 
 def dpap_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The flat DPAP hyper-parameters and the NNI config list a run with ``settings`` uses.
 
-    The library's defaults for the run's length (:func:`~nni_dpap.policy.defaults.default_hparams`), or with
+    The library's defaults for the run's length and the zoo model's kind
+    (:func:`~nni_dpap.policy.defaults.default_hparams`), or with
     ``paper_settings`` the released per-experiment values and exclusions of the zoo model; ``hparams``
     override either.
     """
@@ -166,7 +167,7 @@ def dpap_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], list[dic
         if spec.exclude:
             entry["exclude_op_names"] = list(spec.exclude)
     else:
-        hparams = default_hparams(settings["epochs"], settings["preset"])
+        hparams = default_hparams(settings["epochs"], settings["preset"], spiking=spec.spiking)
     hparams.update(settings["hparams"] or {})
     get_preset(settings["preset"], **hparams).resolve(settings["epochs"])
     return hparams, [entry]

@@ -10,7 +10,7 @@ from nni.compression import TorchEvaluator
 from nni_dpap import DPAPPruner
 from nni_dpap.errors import ConfigError
 from nni_dpap.policy import get_preset
-from nni_dpap.policy.defaults import BETA_PER_EPOCH, CALIBRATIONS, MIN_BETA, default_hparams
+from nni_dpap.policy.defaults import ANN_CALIBRATIONS, BETA_PER_EPOCH, CALIBRATIONS, MIN_BETA, default_hparams
 from nni_dpap.run import DEFAULTS, dpap_settings
 from nni_dpap.training import classification_step, make_training_func
 
@@ -42,6 +42,22 @@ def test_pruner_api_and_cli_share_the_defaults(tiny_snn, digits):
     assert _pruner(tiny_snn, digits[0]).dpap_config == expected
     cli_hparams, _ = dpap_settings({**DEFAULTS, "epochs": 30})
     assert get_preset("braincog", **cli_hparams).resolve(30) == expected
+
+
+def test_an_ann_gets_the_ann_calibration_from_the_api_and_the_cli(tiny_ann, tiny_snn, digits):
+    ann = get_preset("braincog", **default_hparams(30, spiking=False)).resolve(30)
+    snn = get_preset("braincog", **default_hparams(30)).resolve(30)
+    assert not ann.prune_linear_neurons and snn.prune_linear_neurons
+    assert ann.conv.eps == ANN_CALIBRATIONS["braincog"]["conv_eps"] != snn.conv.eps
+    assert ann.conv.stop_epoch == ann.linear.stop_epoch == 18  # 0.6 of 30 epochs
+    pruner = _pruner(tiny_ann, digits[0])
+    assert not pruner.spiking and pruner.dpap_config == ann
+    assert _pruner(tiny_snn, digits[0]).spiking
+    cli_hparams, _ = dpap_settings({**DEFAULTS, "model": "ann_lenet", "epochs": 30})
+    assert get_preset("braincog", **cli_hparams).resolve(30) == ann
+    # the user's hparams still come last, and the paper preset keeps its one calibration
+    assert _pruner(type(tiny_ann)(), digits[0], hparams={"prune_linear_neurons": True}).dpap_config.prune_linear_neurons
+    assert default_hparams(30, "paper", spiking=False) == default_hparams(30, "paper")
 
 
 def test_hparams_override_single_defaults_and_a_config_is_taken_as_given(tiny_snn, digits):

@@ -24,6 +24,7 @@ def test_removed_channel_removes_downstream_inputs():
         model.conv1.weight[3] = 0  # channel 3 of conv1 is pruned
         model.conv1.bias[3] = 0
         model.conv2.weight[:10] = 0  # 10 channels of conv2 pruned
+        model.conv2.bias[:10] = 0
         model.fc1.weight[:, :7] = 0  # 7 synapses of every fc1 neuron
     costs = layer_costs(model, torch.rand(2, 1, 8, 8))
     assert costs["conv1"].units_kept == 19 and costs["conv1"].params_kept == 19 * 26
@@ -38,6 +39,16 @@ def test_removed_channel_removes_downstream_inputs():
     assert layer_costs(model, torch.rand(2, 1, 8, 8))["fc1"].params_kept == 500 * 157 + 500
     t = totals(costs, ["conv1", "conv2", "fc1"])
     assert 0 < t["params_fraction"] < 1 and t["macs_kept"] < t["macs_total"]
+
+
+def test_a_unit_left_with_its_bias_alone_is_kept():
+    """All of a channel's weights at zero but not its bias: it still emits f(bias), as speedup keeps it."""
+    model = LeNetANN(1, 8, 10)
+    with torch.no_grad():
+        model.conv2.weight[:10] = 0
+    costs = layer_costs(model, torch.rand(2, 1, 8, 8))
+    assert costs["conv2"].units_kept == 50 and costs["conv2"].params_kept == 40 * 20 * 25 + 50
+    assert costs["fc1"].params_kept == 500 * 200 + 500  # every input feature still carries a signal
 
 
 def test_spiking_net_costs_per_time_step():
@@ -57,6 +68,7 @@ def test_grouped_conv_input_liveness():
                           nn.Linear(4, 2))
     with torch.no_grad():
         model[0].weight[0] = 0
+        model[0].bias[0] = 0
     costs = layer_costs(model, torch.rand(1, 1, 1, 1))
     # group 0 of conv "2" (outputs 0, 1) reads inputs 0, 1; input 0 is dead
     assert costs["2"].params_kept == 2 * 1 + 2 * 2 + 4

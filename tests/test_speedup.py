@@ -110,6 +110,25 @@ def test_digits_nets_equal_after_speedup(build):
     assert not model.training
 
 
+@pytest.mark.parametrize("build", [lambda: LeNetANN(1, 8, 10), lambda: SpikingConvNet(1, 8, 10, T=4)])
+def test_a_neuron_left_with_its_bias_alone_is_kept(build):
+    """Synapse-only pruning can take every synapse of a neuron: it still emits f(bias) and must stay."""
+    torch.manual_seed(0)
+    model = build().eval()
+    with torch.no_grad():
+        model.fc1.bias.fill_(0.7)  # (large enough for the spiking neurons to fire on the bias alone)
+    masks = {"fc1": {"weight": torch.ones_like(model.fc1.weight), "bias": torch.ones_like(model.fc1.bias)}}
+    masks["fc1"]["weight"][:5] = 0  # every synapse of neurons 0-4, not their bias
+    masks["fc1"]["bias"][5:8] = 0  # neurons 5-7: synapses and bias, removed
+    masks["fc1"]["weight"][5:8] = 0
+    x = torch.rand(16, 1, 8, 8)
+    reference = spiking_run(masked_copy(model, masks), x)
+    hidden = model.fc1.out_features
+    speedup(model, x[:4], masks)
+    assert model.fc1.out_features == hidden - 3
+    assert_same_spiking_function(reference, model, x)
+
+
 def test_dpap_masks_of_a_trained_snn_with_bn(tiny_snn, make_evaluator, digits):
     pruner = DPAPPruner(tiny_snn, [{"op_types": ["Conv2d", "Linear"]}], make_evaluator(tiny_snn), epochs=4,
                         steps_per_epoch=len(digits[0]), hparams=FAST)

@@ -89,8 +89,10 @@ def layer_costs(
 
     live_out: dict[str, Tensor] = {}
     for name in upstream:
-        weight = modules[name].weight
+        weight, bias = modules[name].weight, getattr(modules[name], "bias", None)
         live_out[name] = weight.detach().flatten(1).ne(0).any(1)
+        if isinstance(bias, Tensor) and bias.shape == live_out[name].shape:  # a unit left with its bias alone
+            live_out[name] = live_out[name] | bias.detach().ne(0)  # still emits f(bias): speedup keeps it
 
     costs: dict[str, LayerCost] = {}
     for name, source in upstream.items():

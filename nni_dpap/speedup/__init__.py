@@ -169,7 +169,7 @@ def speedup_with_indices(
                     stack.enter_context(context)
                 _check_layout(graph_module, model, inputs, batch)
                 before = dict(model.named_modules())
-                record = run_model_speedup(model, inputs, batch, structured(checked), graph_module,
+                record = run_model_speedup(model, inputs, batch, structured(checked, model), graph_module,
                                            neuron_types + codecs, neuron_types)
                 restore_subclasses(model, before)
     finally:

@@ -93,20 +93,27 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
             getattr(module, target).mul_(mask.to(getattr(module, target).dtype))
 
 
-def structured(masks: Masks) -> Masks:
+def structured(masks: Masks, model: nn.Module) -> Masks:
     """Keep only what can be removed: whole output units (rows) of every weight.
 
     Fine-grained zeros (pruned synapses) stay as zeros in the dense shrunk weights.
     Handing them to NNI would be wrong: it removes a linear layer's input feature
     whose weight column is all zero, although the layer before can only drop whole
-    channels, so the shrunk model no longer fits together.
+    channels, so the shrunk model no longer fits together. A unit whose synapses are
+    all pruned but whose bias is not masked still emits ``f(bias)`` (a constant, or a
+    spike train for a spiking neuron): it stays, since NNI would remove it with its
+    weight row.
     """
     out: Masks = {}
     for module, targets in masks.items():
         out[module] = {}
+        bias = getattr(model.get_submodule(module), "bias", None)
         for target, mask in targets.items():
             if target == "weight" and mask.dim() > 1:
                 rows = mask.flatten(1).ne(0).any(1)
+                if isinstance(bias, Tensor) and bias.shape == rows.shape:  # (the unit's own bias is kept)
+                    bias_mask = targets.get("bias")
+                    rows = rows | (bias_mask.ne(0) if bias_mask is not None else torch.ones_like(rows))
                 mask = rows.view(-1, *([1] * (mask.dim() - 1))).expand(mask.shape).to(mask.dtype)
             out[module][target] = mask.clone()
     return out
