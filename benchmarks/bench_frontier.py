@@ -89,11 +89,20 @@ POINTS: dict[str, dict[str, Any]] = {
                           "prune_linear_neurons": False, "conv_eps": 1.2},
 }
 
+#: The ANN's points: its calibration already keeps FC neurons and uses conv eps 1.2, so ``p95_alive`` and
+#: ``p95_synapses_only`` would be ``syn_p95`` again; beyond it the FC synapses' eps or the conv eps rise.
+ANN_POINTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "syn_p95": POINTS["syn_p95"],
+    "fc_eps2.5": {"linear_eps": 2.5},
+    "syn_p95_conv_eps1.5": {"linear_synapse_percentiles": [None, 95.0], "conv_eps": 1.5},
+}
+
 NETS: dict[str, Net] = {
     "mnist5k_snn": Net(lambda: SpikingConvNet(1, 28, 10, T=4), "mnist5k", 15, 3e-3, POINTS,
                        match=("default", "p95_alive")),
     "digits_snn": Net(lambda: SpikingConvNet(1, 8, 10, T=4), "digits", 60, 3e-3, POINTS),
-    "digits_ann": Net(lambda: LeNetANN(1, 8, 10), "digits", 40, 1e-3, POINTS),
+    "digits_ann": Net(lambda: LeNetANN(1, 8, 10), "digits", 40, 1e-3, ANN_POINTS),
 }
 
 

@@ -111,9 +111,16 @@ class LayerState:
 
     @property
     def neuron_mask(self) -> Tensor:
-        if self.neurons is not None:
-            return self.neurons.mask
-        return torch.ones(self.n_out, dtype=torch.bool, device=self.connectivity.device)
+        """The output units still alive: not pruned, and with a synapse left if synapses are pruned.
+
+        A unit that lost every synapse (e.g. when only FC synapses are pruned) would emit ``f(bias)``
+        whatever the input: it is gone with its bias, so the masked model is what physical removal keeps.
+        """
+        mask = self.neurons.mask if self.neurons is not None else \
+            torch.ones(self.n_out, dtype=torch.bool, device=self.connectivity.device)
+        if self.synapses is not None:
+            mask = mask & self.synapse_mask.any(1)
+        return mask
 
     @property
     def synapse_mask(self) -> Tensor:

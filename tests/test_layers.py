@@ -38,6 +38,20 @@ def test_build_and_masks():
     assert bool((mask == mask[:, :, :1, :1]).all())  # the same over the kernel
 
 
+def test_a_unit_that_lost_every_synapse_is_gone_with_its_bias():
+    state = _state("linear")
+    assert state.synapses is not None and state.neurons is not None
+    state.synapses.mask = torch.tensor([[False, False], [True, False], [True, True]])  # unit 0: no synapse left
+    assert state.neuron_mask.tolist() == [False, True, True] and bool(state.neurons.mask.all())
+    weight = state.weight_mask(torch.ones(3, 2))
+    assert weight.tolist() == [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
+    assert state.summary(weight, 6)["neurons_kept"] == 2
+    state = get_preset(CONFIG, prune_linear_synapses=False)  # without synapse pruning nothing changes
+    layer = LayerState.build(LayerLink("layer", "linear", "sn", False, (Readout("sn", None),)),
+                             {"layer": nn.Linear(2, 3), "sn": nn.ReLU()}, state, False, torch.device("cpu"))
+    assert layer.synapses is None and layer.neuron_mask.tolist() == [True] * 3
+
+
 def test_update_prunes_the_least_important():
     state = _state("linear")
     # paper form, eps = 2, C = 0, beta = 0.5, gamma = 1, schedule factor 1: F = 0.5 + (2 Norm - 2)
@@ -83,8 +97,9 @@ def test_time_masks_of_a_shared_neuron_keep_what_any_layer_keeps():
     a.update({"neuron": torch.ones(3), "synapse": torch.ones(3, 2), "time": torch.tensor([[0.0, 1.0]] * 3)}, 0, 0)
     b.update({"neuron": torch.ones(3), "synapse": torch.ones(3, 2), "time": torch.tensor([[1.0, 0.0]] * 3)}, 0, 0)
     for state in (a, b):
-        assert state.neurons is not None
+        assert state.neurons is not None and state.synapses is not None
         state.neurons.mask = torch.ones(3, dtype=torch.bool)  # only the time steps are pruned here
+        state.synapses.mask = torch.ones(3, 2, dtype=torch.bool)
     assert a.time_keep() is not None and a.time_keep()[:, 0].tolist() == [0.0] * 3
     merged = neuron_time_masks([a, b])
     assert list(merged) == ["sn"] and bool(merged["sn"].eq(1).all())
