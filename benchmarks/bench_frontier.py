@@ -20,8 +20,9 @@ For every net and seed:
 
 Every run sees the same batches in the same order: epoch ``e`` of seed ``s`` is the
 permutation drawn from a generator seeded with ``(s, e)``, whichever run asks for it.
-A weight counts as removed when it is zero or its input or output unit is removed
-(``nni_dpap.report.layer_costs``), the same way for every method; the prunable
+A weight counts as removed when it is zero or its input or output unit is removed (a
+unit is removed when its weights and bias are all zero: ``nni_dpap.report.layer_costs``),
+the same way for every method; the prunable
 parameters are the weights and biases of every conv/linear layer but the output layer
 (the first conv included, even where DPAP's default does not prune it). Accuracy is the
 held-out test accuracy, both at the final epoch and averaged over the last 5 epochs;

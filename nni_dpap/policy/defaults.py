@@ -29,8 +29,8 @@ stop (``*_stop_epoch``)       0.75 of the run            the last quarter recove
 ANNs (no spiking neuron after any pruned layer) get their own calibration on top of ``braincog``
 (:data:`ANN_CALIBRATIONS`): FC neurons are kept (``prune_linear_neurons = false``, FC synapses
 are still pruned), ``conv_eps = 1.2`` and pruning stops at 0.6 of the run. On the 2-conv ANN of
-NNI's documentation (20 epochs, 8 seeds) it keeps 28.6% of the weights at -1.67 points against
-29.1% at -2.50 with the SNN calibration; on the digits LeNet it removes as much (frontier); on
+NNI's documentation (20 epochs, 8 seeds) it keeps 28.6% of the weights at -1.74 points against
+29.1% at -2.50 with the SNN calibration; on the digits LeNet as much (81%) at -0.03 instead of -0.12; on
 the SNNs the same settings remove 5-6 points less at no gain, so spiking nets keep the table
 above. The pruner picks the calibration from the network it analyses; ``nni-dpap prune`` from
 the zoo model's kind.
