@@ -93,10 +93,10 @@ def _measure(name: str, quick: bool, device_name: str, threads: int) -> tuple[li
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--processes", type=int, default=3,
-                   help="fresh processes per network; the ratio moves by a few points between processes")
-    args = p.parse_args()
+    cli = parser(__doc__.splitlines()[0])
+    cli.add_argument("--processes", type=int, default=3,
+                     help="fresh processes per network; the ratio moves by a few points between processes")
+    args = cli.parse_args()
     setup(args)
     rows, data = [], {}
     context = multiprocessing.get_context("spawn")

@@ -14,7 +14,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["KeptIndices", "slice_to", "cut"]
+__all__ = ["KeptIndices", "live_units", "slice_to", "cut"]
+
+
+def live_units(weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The output units a physical shrink keeps, from a weight (or its mask) and the bias (or its mask).
+
+    A unit goes when its weights are all zero *and* so is its bias: a unit left with its bias
+    alone still emits ``f(bias)`` (a constant, or a spike train for a spiking neuron).
+    """
+    live = weight.detach().flatten(1).ne(0).any(1)
+    if bias is not None and bias.shape == live.shape:
+        live = live | bias.detach().ne(0)
+    return live
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graph import upstream_layers
+from ..slicing import live_units
 
 __all__ = ["LayerCost", "layer_costs", "totals", "format_table"]
 
@@ -89,10 +90,8 @@ def layer_costs(
 
     live_out: dict[str, Tensor] = {}
     for name in upstream:
-        weight, bias = modules[name].weight, getattr(modules[name], "bias", None)
-        live_out[name] = weight.detach().flatten(1).ne(0).any(1)
-        if isinstance(bias, Tensor) and bias.shape == live_out[name].shape:  # a unit left with its bias alone
-            live_out[name] = live_out[name] | bias.detach().ne(0)  # still emits f(bias): speedup keeps it
+        bias = getattr(modules[name], "bias", None)
+        live_out[name] = live_units(modules[name].weight, bias if isinstance(bias, Tensor) else None)
 
     costs: dict[str, LayerCost] = {}
     for name, source in upstream.items():

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SpeedupError
+from ..slicing import live_units
 
 __all__ = ["as_inputs", "check_model", "check_masks", "apply_masks", "structured"]
 
@@ -108,12 +109,10 @@ def structured(masks: Masks, model: nn.Module) -> Masks:
     for module, targets in masks.items():
         out[module] = {}
         bias = getattr(model.get_submodule(module), "bias", None)
+        bias_mask = targets.get("bias", torch.ones_like(bias) if isinstance(bias, Tensor) else None)
         for target, mask in targets.items():
             if target == "weight" and mask.dim() > 1:
-                rows = mask.flatten(1).ne(0).any(1)
-                if isinstance(bias, Tensor) and bias.shape == rows.shape:  # (the unit's own bias is kept)
-                    bias_mask = targets.get("bias")
-                    rows = rows | (bias_mask.ne(0) if bias_mask is not None else torch.ones_like(rows))
+                rows = live_units(mask, bias_mask)
                 mask = rows.view(-1, *([1] * (mask.dim() - 1))).expand(mask.shape).to(mask.dtype)
             out[module][target] = mask.clone()
     return out
