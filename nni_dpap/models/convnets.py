@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..snn import AvgPool2d, DirectEncoder, LIFNeuron, PLIFNeuron, TimeAverage
+from ..snn.direct import encode_fire_pool
 from ..snn.neurons import BaseNeuron
 
 __all__ = ["SpikingConvNet", "LeNetANN"]
@@ -80,8 +81,9 @@ class SpikingConvNet(nn.Module):
         # conv1 before the encoder: direct encoding repeats the image, so conv1's output is the same at every
         # step; computing it once per image instead of T times is the same result (a conv treats samples
         # independently) and T times less work, backward too (the gradients of the T copies are summed).
-        x = self.encoder(self.conv1(x))
-        x = self.pool1(self.sn1(x))
+        # Encoder, sn1 and pool1 then run as one kernel where they can (nni_dpap.snn.direct: the modules
+        # are called instead under hooks, tracing, on GPU, ...).
+        x = encode_fire_pool(self.conv1(x), self.encoder, self.sn1, self.pool1)
         x = self.pool2(self.sn2(self.conv2(x)))
         x = self.sn3(self.fc1(self.flatten(x)))
         return self.decoder(self.fc2(x))

@@ -7,6 +7,7 @@ the neurons of a whole network, of any library, is ``nni_dpap.reset_net`` /
 
 from __future__ import annotations
 
+from .direct import encode_fire_pool
 from .encoding import DirectEncoder, TimeAverage, fold_time, unfold_time
 from .functional import set_step_mode, set_time_steps
 from .neurons import BaseNeuron, LIFNeuron, PLIFNeuron
@@ -22,6 +23,7 @@ __all__ = [
     "SigmoidSurrogate",
     "get_surrogate",
     "DirectEncoder",
+    "encode_fire_pool",
     "TimeAverage",
     "fold_time",
     "unfold_time",

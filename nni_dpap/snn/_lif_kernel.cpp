@@ -233,6 +233,218 @@ void pool_backward(const F* gy, F* gx, int64_t P, int64_t H, int64_t W, int thre
   }
 }
 
+// Direct-encoded neuron (nni_dpap/snn/direct.py): the input current x[b, c, :] is the same at every step
+// (DirectEncoder), so it is read once per work item instead of T times from a T-fold copy. x is [B, C, S]
+// (S = H * W), gate is [T, C] or null. Without pooling the spikes are written as [T, B, C, S]; with 2x2
+// pooling (H, W given) only the pooled spike rates [T, B, C, H/2, W/2] are written, and the rows and
+// columns that floor mode leaves out are not computed (nothing reads them). Backward recomputes the
+// membrane from x (cheap: the input is static) into a per-thread buffer instead of saving H, and sums
+// dL/dX over the T steps, which is the encoder's backward.
+struct DirectShape {
+  int64_t B, C, S, H, W;  // H = W = 0: no pooling
+  bool pool() const { return H > 0; }
+  int64_t OH() const { return H / 2; }
+  int64_t OW() const { return W / 2; }
+  // Work items per (b, c) plane: chunks of <= kBlock elements, or groups of row pairs when pooling.
+  int64_t rows_per_item() const { return std::max<int64_t>(1, kBlock / std::max<int64_t>(1, 2 * 2 * OW())); }
+  int64_t per_plane() const {
+    if (pool()) return (OH() + rows_per_item() - 1) / rows_per_item();
+    return (S + kBlock - 1) / kBlock;
+  }
+};
+
+// The elements of one work item: n membrane slots; slot j reads x[idx(j)] (an offset within the plane).
+struct DirectItem {
+  int64_t b, c, first;  // first: element (no pool) or output row (pool) where the item starts
+  int64_t n;            // slots
+  int64_t rows;         // pool: output rows in the item
+};
+
+inline DirectItem direct_item(const DirectShape& d, int64_t i) {
+  const int64_t per = d.per_plane(), plane = i / per, part = i % per;
+  DirectItem it{plane / d.C, plane % d.C, 0, 0, 0};
+  if (d.pool()) {
+    it.first = part * d.rows_per_item();
+    it.rows = std::min(d.rows_per_item(), d.OH() - it.first);
+    it.n = it.rows * 4 * d.OW();
+  } else {
+    it.first = part * kBlock;
+    it.n = std::min(kBlock, d.S - it.first);
+  }
+  return it;
+}
+
+// Slot j of a pooled item covers output (row r, column q) and window element e (0..3, ATen's summation
+// order: (0,0), (0,1), (1,0), (1,1)); slots are laid out [row][e][column] (j = (4 r + e) OW + q) so that the
+// pooled sum reads four contiguous runs of OW slots. Copies between the plane and the slots:
+template <typename F, bool TO_SLOTS>
+inline void direct_copy(const DirectShape& d, const DirectItem& it, F* plane, F* slots) {
+  if (!d.pool()) {
+    for (int64_t j = 0; j < it.n; ++j) {
+      if (TO_SLOTS) slots[j] = plane[it.first + j]; else plane[it.first + j] = slots[j];
+    }
+    return;
+  }
+  const int64_t OW = d.OW();
+  for (int64_t r = 0; r < it.rows; ++r) {
+    for (int64_t e = 0; e < 4; ++e) {
+      F* row = plane + (2 * (it.first + r) + e / 2) * d.W + e % 2;
+      F* run = slots + (4 * r + e) * OW;
+      for (int64_t q = 0; q < OW; ++q) {
+        if (TO_SLOTS) run[q] = row[2 * q]; else row[2 * q] = run[q];
+      }
+    }
+  }
+}
+
+template <typename F, bool MUL, bool GATE>
+void direct_forward_item(const F* x, const F* gate, F* y, const Params& p, const DirectShape& d,
+                         const DirectItem& it, F* v, F* xs, F* s) {
+  const F k = F(p.k), vth = F(p.vth), vr = F(p.vr);
+  direct_copy<F, true>(d, it, const_cast<F*>(x + (it.b * d.C + it.c) * d.S), xs);
+  for (int64_t j = 0; j < it.n; ++j) v[j] = vr;
+  for (int64_t t = 0; t < p.T; ++t) {
+    const F* g = GATE ? gate + t * d.C + it.c : nullptr;
+    for (int64_t j = 0; j < it.n; ++j) {
+      const F hj = charge<F, MUL>(v[j], xs[j], k, vr);
+      const F sj = fire<F, GATE>(hj, vth, g, 0);
+      s[j] = sj;
+      v[j] = hard_reset(hj, sj, vr);
+    }
+    const int64_t out_plane = ((t * d.B + it.b) * d.C + it.c);
+    if (d.pool()) {
+      const int64_t OW = d.OW();
+      F* out = y + out_plane * d.OH() * OW + it.first * OW;
+      for (int64_t r = 0; r < it.rows; ++r) {
+        const F* s0 = s + r * 4 * OW;
+        for (int64_t q = 0; q < OW; ++q) {
+          out[r * OW + q] = (((s0[q] + s0[OW + q]) + s0[2 * OW + q]) + s0[3 * OW + q]) / F(4);
+        }
+      }
+    } else {
+      F* out = y + out_plane * d.S + it.first;
+      for (int64_t j = 0; j < it.n; ++j) out[j] = s[j];
+    }
+  }
+}
+
+template <typename F, bool MUL, bool GATE, bool SIGMOID, bool DETACH, bool GRAD_K>
+double direct_backward_item(const F* gy, const F* x, const F* gate, F* gx, const Params& p, const DirectShape& d,
+                            const DirectItem& it, F* buf) {
+  const F k = F(p.k), vth = F(p.vth), vr = F(p.vr), alpha = F(p.alpha);
+  const F c1 = F(kPi / 2 * p.alpha), c2 = F(p.alpha / 2);
+  const int64_t n = it.n;
+  F* xs = buf;            // [n]: the static input
+  F* gv = buf + n;        // [n]: dL/dV[t], flowing backwards in time
+  F* acc_x = buf + 2 * n;  // [n]: dL/dX summed over the steps
+  F* h = buf + 3 * n;     // [T][n]: the membrane before firing, recomputed
+  F* gs = buf + (3 + p.T) * n;  // [n]: dL/dS[t] from the output's gradient
+  direct_copy<F, true>(d, it, const_cast<F*>(x + (it.b * d.C + it.c) * d.S), xs);
+  for (int64_t j = 0; j < n; ++j) gv[j] = vr;  // (V[-1] = V_reset, reused as the running membrane below)
+  for (int64_t t = 0; t < p.T; ++t) {  // forward again: H[t] for every step
+    const F* g = GATE ? gate + t * d.C + it.c : nullptr;
+    F* ht = h + t * n;
+    for (int64_t j = 0; j < n; ++j) {
+      const F hj = charge<F, MUL>(gv[j], xs[j], k, vr);
+      ht[j] = hj;
+      gv[j] = hard_reset(hj, fire<F, GATE>(hj, vth, g, 0), vr);
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    gv[j] = F(0);
+    acc_x[j] = F(0);
+  }
+  double acc = 0.0;
+  const int64_t OW = d.OW();
+  for (int64_t t = p.T - 1; t >= 0; --t) {
+    const F* ht = h + t * n;
+    const F* g = GATE ? gate + t * d.C + it.c : nullptr;
+    const F* gp = (GRAD_K && GATE && t > 0) ? gate + (t - 1) * d.C + it.c : nullptr;
+    const int64_t out_plane = ((t * d.B + it.b) * d.C + it.c);
+    // dL/dS[t]: the pooling's backward (dL/dY / 4 on each element of the window) or the output's gradient
+    if (d.pool()) {
+      const F* gyt = gy + out_plane * d.OH() * OW + it.first * OW;
+      for (int64_t r = 0; r < it.rows; ++r) {
+        for (int64_t q = 0; q < OW; ++q) {
+          const F gq = gyt[r * OW + q] / F(4);
+          for (int64_t e = 0; e < 4; ++e) gs[(4 * r + e) * OW + q] = gq;
+        }
+      }
+    } else {
+      const F* gyt = gy + out_plane * d.S + it.first;
+      for (int64_t j = 0; j < n; ++j) gs[j] = gyt[j];
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const F hj = ht[j];
+      const F z = hj - vth;
+      const F sj = fire<F, GATE>(hj, vth, g, 0);
+      F gsj = gs[j];
+      if (!DETACH) gsj = gsj + (gv[j] * vr - gv[j] * hj);
+      const F graw = GATE ? gsj * g[0] : gsj;
+      const F gh = gv[j] * (F(1) - sj) + graw * surrogate_grad<F, SIGMOID>(z, alpha, c1, c2);
+      if (GRAD_K) {
+        F vp = vr;
+        if (t > 0) vp = hard_reset(ht[j - n], fire<F, GATE>(ht[j - n], vth, gp, 0), vr);
+        acc += double(gh * (xs[j] - (vp - vr)));
+      }
+      const F ga = MUL ? gh * k : gh / k;
+      acc_x[j] = acc_x[j] + ga;
+      gv[j] = gh - ga;
+    }
+  }
+  direct_copy<F, false>(d, it, gx + (it.b * d.C + it.c) * d.S, acc_x);
+  return acc;
+}
+
+template <typename F, bool MUL, bool GATE>
+void direct_forward_all(const F* x, const F* gate, F* y, const Params& p, const DirectShape& d) {
+  const int64_t items = d.B * d.C * d.per_plane();
+#pragma omp parallel num_threads(p.threads) if (p.threads > 1)
+  {
+    std::vector<F> scratch(3 * kBlock + 16 * std::max<int64_t>(1, d.OW()));
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < items; ++i) {
+      const DirectItem it = direct_item(d, i);
+      if (static_cast<int64_t>(scratch.size()) < 3 * it.n) scratch.resize(3 * it.n);
+      direct_forward_item<F, MUL, GATE>(x, gate, y, p, d, it, scratch.data(), scratch.data() + it.n,
+                                        scratch.data() + 2 * it.n);
+    }
+  }
+}
+
+template <typename F, bool MUL, bool GATE, bool SIGMOID, bool DETACH, bool GRAD_K>
+double direct_backward_all(const F* gy, const F* x, const F* gate, F* gx, const Params& p, const DirectShape& d) {
+  const int64_t items = d.B * d.C * d.per_plane();
+  std::vector<double> partial(GRAD_K ? items : 0);
+  if (d.pool()) {  // the rows and columns that floor mode leaves out get no gradient
+    const int64_t planes = d.B * d.C;
+#pragma omp parallel for schedule(static) num_threads(p.threads) if (p.threads > 1)
+    for (int64_t i = 0; i < planes; ++i) {
+      F* plane = gx + i * d.S;
+      if (d.H & 1) std::fill(plane + (d.H - 1) * d.W, plane + d.H * d.W, F(0));
+      if (d.W & 1) {
+        for (int64_t r = 0; r < d.H; ++r) plane[r * d.W + d.W - 1] = F(0);
+      }
+    }
+  }
+#pragma omp parallel num_threads(p.threads) if (p.threads > 1)
+  {
+    std::vector<F> buf;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < items; ++i) {
+      const DirectItem it = direct_item(d, i);
+      const size_t need = static_cast<size_t>((4 + p.T) * it.n);
+      if (buf.size() < need) buf.resize(need);
+      const double a = direct_backward_item<F, MUL, GATE, SIGMOID, DETACH, GRAD_K>(gy, x, gate, gx, p, d, it,
+                                                                                  buf.data());
+      if (GRAD_K) partial[i] = a;
+    }
+  }
+  double total = 0.0;  // summed in a fixed order: deterministic for any number of threads
+  for (double a : partial) total += a;
+  return total;
+}
+
 // Calls fn(F{}) with F = float (dtype 0) or double (dtype 1); returns 0, or -1 for an unknown dtype.
 template <typename Fn>
 int with_dtype(int dtype, Fn&& fn) {
@@ -283,6 +495,51 @@ int nni_dpap_avg_pool2x2_backward(int dtype, const void* gy, void* gx, int64_t P
   });
 }
 
-int nni_dpap_lif_abi_version(void) { return 2; }
+// Direct-encoded LIF / PLIF (see direct_forward_item): x is [B, C, S]; H = W = 0 without pooling, else
+// S = H * W and y is the 2x2-pooled [T, B, C, H/2, W/2]. gate is [T, C] or null. Returns 0, or -1 for an
+// unknown dtype.
+int nni_dpap_direct_forward(int dtype, const void* x, const void* gate, void* y, int64_t T, int64_t B, int64_t C,
+                            int64_t S, int64_t H, int64_t W, double k, double vth, double vr, int mul, int threads) {
+  const Params p{T, B, C * S, k, vth, vr, 0.0, threads};
+  const DirectShape d{B, C, S, H, W};
+  return with_dtype(dtype, [&](auto zero) {
+    using F = decltype(zero);
+    with_flag(mul != 0, [&](auto M) {
+      with_flag(gate != nullptr, [&](auto G) {
+        direct_forward_all<F, decltype(M)::value, decltype(G)::value>(
+            static_cast<const F*>(x), static_cast<const F*>(gate), static_cast<F*>(y), p, d);
+      });
+    });
+  });
+}
+
+// Writes dL/dx ([B, C, S]) into gx; returns dL/dk (PLIF with grad_k != 0), else 0.
+double nni_dpap_direct_backward(int dtype, const void* gy, const void* x, const void* gate, void* gx, int64_t T,
+                                int64_t B, int64_t C, int64_t S, int64_t H, int64_t W, double k, double vth,
+                                double vr, int mul, int sigmoid, double alpha, int detach, int grad_k, int threads) {
+  const Params p{T, B, C * S, k, vth, vr, alpha, threads};
+  const DirectShape d{B, C, S, H, W};
+  double result = 0.0;
+  with_dtype(dtype, [&](auto zero) {
+    using F = decltype(zero);
+    with_flag(mul != 0, [&](auto M) {
+      with_flag(gate != nullptr, [&](auto G) {
+        with_flag(sigmoid != 0, [&](auto Sg) {
+          with_flag(detach != 0, [&](auto D) {
+            with_flag(grad_k != 0 && mul != 0, [&](auto K) {
+              result = direct_backward_all<F, decltype(M)::value, decltype(G)::value, decltype(Sg)::value,
+                                           decltype(D)::value, decltype(K)::value>(
+                  static_cast<const F*>(gy), static_cast<const F*>(x), static_cast<const F*>(gate),
+                  static_cast<F*>(gx), p, d);
+            });
+          });
+        });
+      });
+    });
+  });
+  return result;
+}
+
+int nni_dpap_lif_abi_version(void) { return 3; }
 
 }  // extern "C"

@@ -36,11 +36,9 @@ Why this backend (measured on 2 CPU cores, the paper's MNIST SNN at T = 8, batch
 * **C++ via ctypes (chosen).** Cold compile ~3 s once per machine (cached afterwards; no
   recompilation for new shapes, T, flags or dtypes, which are runtime arguments), no ninja, no Python
   headers, no torch headers, nothing to install.
-* ``torch.utils.cpp_extension.load_inline``: same kernel speed, but includes ``torch/extension.h``
-  and pybind11 (~40-60 s cold compile on 2 cores) and needs ninja.
-* ``torch.compile`` (inductor) of the loop functions: competitive kernels, but one compilation per
-  (T, LIF/PLIF, surrogate, detach_reset, mask, dtype) combination and per graph, ~10-30 s each
-  cold on 2 cores: far too slow for a test suite that builds dozens of small SNNs.
+* ``cpp_extension.load_inline``: same speed; torch headers and pybind11 (~40-60 s cold compile), ninja.
+* ``torch.compile`` (inductor) of the loop: competitive kernels, but one 10-30 s compilation per (T,
+  neuron, surrogate, reset, mask, dtype) and graph: far too slow for a suite building dozens of SNNs.
 * TorchScript: no fusion on CPU (NNC is off by default there), so it only trims Python overhead.
 
 Where the kernel does not apply, :class:`~nni_dpap.snn.neurons.BaseNeuron` silently runs the Python
@@ -84,7 +82,7 @@ _OPENMP = "-fopenmp"
 # cache key includes the CPU's feature flags, so a cache shared by different machines never loads a
 # library for the wrong CPU; a compiler without -march=native builds the portable library.
 _NATIVE = "-march=native"
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
 _MIN_PARALLEL = 1 << 15  # elements per step below which one thread is faster than waking the others
 
@@ -232,16 +230,19 @@ def _load(path: Path) -> ctypes.CDLL:
 
 def _declare(lib: ctypes.CDLL) -> None:
     ptr, i64, f64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-    lib.nni_dpap_lif_forward.argtypes = [i32, ptr, ptr, ptr, ptr, i64, i64, i64, f64, f64, f64, i32, i32]
-    lib.nni_dpap_lif_forward.restype = i32
-    lib.nni_dpap_lif_backward.argtypes = [i32, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, f64, f64, f64, i32, i32,
-                                          f64, i32, i32, i32]
-    lib.nni_dpap_lif_backward.restype = f64
-    for name in ("nni_dpap_avg_pool2x2_forward", "nni_dpap_avg_pool2x2_backward"):  # used by .pooling
-        getattr(lib, name).argtypes = [i32, ptr, ptr, i64, i64, i64, i32]
-        getattr(lib, name).restype = i32
-    lib.nni_dpap_lif_abi_version.argtypes = []
-    lib.nni_dpap_lif_abi_version.restype = i32
+    pool = ([i32, ptr, ptr, i64, i64, i64, i32], i32)  # .pooling
+    signatures = {  # name: (argument types, result type)
+        "nni_dpap_lif_forward": ([i32, ptr, ptr, ptr, ptr, i64, i64, i64, f64, f64, f64, i32, i32], i32),
+        "nni_dpap_lif_backward": ([i32, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, f64, f64, f64, i32, i32, f64, i32, i32,
+                                   i32], f64),
+        "nni_dpap_avg_pool2x2_forward": pool, "nni_dpap_avg_pool2x2_backward": pool,
+        "nni_dpap_direct_forward": ([i32, ptr, ptr, ptr, *[i64] * 6, f64, f64, f64, i32, i32], i32),  # .direct
+        "nni_dpap_direct_backward": ([i32, ptr, ptr, ptr, ptr, *[i64] * 6, f64, f64, f64, i32, i32, f64, i32, i32,
+                                      i32], f64),
+        "nni_dpap_lif_abi_version": ([], i32),
+    }
+    for name, (argtypes, restype) in signatures.items():
+        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, restype
 
 
 def library() -> ctypes.CDLL | None:

@@ -288,11 +288,19 @@ class BaseNeuron(nn.Module):
         # otherwise the loop raises the ShapeError that explains the mismatch
         return x.dim() >= 2 and x.shape[1] == mask.shape[0] and mask.shape[1] >= self.steps_per_call
 
-    def _fused_multi_step(self, x: Tensor, T: int) -> Tensor | None:
+    def fused_config(self, T: int) -> tuple[fused.FusedConfig, Tensor | None]:
+        """The kernel's settings for ``T`` steps and PLIF's decay ``sigmoid(w)`` (``None`` for LIF).
+
+        Only meaningful where :meth:`fused_supported` holds.
+        """
         tau, k = self._fused_decay()
         cfg = fused.FusedConfig(T=T, v_threshold=self.v_threshold, v_reset=self.v_reset,
                                 detach_reset=self.detach_reset, surrogate=_FUSED_SURROGATES[type(self.surrogate)],
                                 alpha=self.surrogate.alpha, tau=tau)
+        return cfg, k
+
+    def _fused_multi_step(self, x: Tensor, T: int) -> Tensor | None:
+        cfg, k = self.fused_config(T)
         result = fused.lif_multi_step(x, cfg, k, self.time_mask, need_h=self.store_v)
         if result is None:
             return None

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from . import fused
 
-__all__ = ["AvgPool2d", "avg_pool2x2"]
+__all__ = ["AvgPool2d", "avg_pool2x2", "is_2x2"]
 
 
 def _planes(shape: torch.Size) -> tuple[int, int, int]:
@@ -54,6 +54,15 @@ class _AvgPool2x2(torch.autograd.Function):
             ctx.lib.nni_dpap_avg_pool2x2_backward(fused.DTYPE_CODES[grad_y.dtype], grad_y.data_ptr(),
                                                   grad_x.data_ptr(), P, H, W, fused.threads_for(grad_x.numel()))
         return grad_x, None
+
+
+def is_2x2(pool: nn.AvgPool2d) -> bool:
+    """Whether ``pool`` is a 2x2 window with stride 2, no padding, floor mode and the default divisor."""
+    def pair(v: Any) -> tuple[Any, ...]:
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    return (pair(pool.kernel_size) == (2, 2) and pair(pool.stride) == (2, 2) and pair(pool.padding) == (0, 0)
+            and not pool.ceil_mode and pool.divisor_override is None)
 
 
 def avg_pool2x2(x: Tensor) -> Tensor | None:
@@ -84,15 +93,8 @@ class AvgPool2d(nn.AvgPool2d):
               [10.5000, 12.5000]]]])
     """
 
-    def _is_2x2(self) -> bool:
-        def pair(v: Any) -> tuple[Any, ...]:
-            return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-        return (pair(self.kernel_size) == (2, 2) and pair(self.stride) == (2, 2) and pair(self.padding) == (0, 0)
-                and not self.ceil_mode and self.divisor_override is None)
-
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's parameter name
-        if self._is_2x2():
+        if is_2x2(self):
             out = avg_pool2x2(input)
             if out is not None:
                 return out
