@@ -337,10 +337,16 @@ double direct_backward_item(const F* gy, const F* x, const F* gate, F* gx, const
   F* xs = buf;            // [n]: the static input
   F* gv = buf + n;        // [n]: dL/dV[t], flowing backwards in time
   F* acc_x = buf + 2 * n;  // [n]: dL/dX summed over the steps
-  F* h = buf + 3 * n;     // [T][n]: the membrane before firing, recomputed
-  F* gs = buf + (3 + p.T) * n;  // [n]: dL/dS[t] from the output's gradient
+  // [1 + T][n]: the membrane before firing, recomputed, after a row of V_reset standing for H[-1]: the
+  // reset of V_reset is V_reset whether it fires or not, so V[t-1] is read the same way at t = 0.
+  F* h = buf + 4 * n;
+  F* gs = buf + (4 + p.T) * n;  // [n]: dL/dS[t] from the output's gradient
+  F* acc_k = buf + (5 + p.T) * n;  // [n]: dL/dk per slot, summed over the steps (vectorises; see the end)
   direct_copy<F, true>(d, it, const_cast<F*>(x + (it.b * d.C + it.c) * d.S), xs);
-  for (int64_t j = 0; j < n; ++j) gv[j] = vr;  // (V[-1] = V_reset, reused as the running membrane below)
+  for (int64_t j = 0; j < n; ++j) {
+    gv[j] = vr;  // (V[-1] = V_reset, reused as the running membrane below)
+    h[j - n] = vr;
+  }
   for (int64_t t = 0; t < p.T; ++t) {  // forward again: H[t] for every step
     const F* g = GATE ? gate + t * d.C + it.c : nullptr;
     F* ht = h + t * n;
@@ -353,13 +359,13 @@ double direct_backward_item(const F* gy, const F* x, const F* gate, F* gx, const
   for (int64_t j = 0; j < n; ++j) {
     gv[j] = F(0);
     acc_x[j] = F(0);
+    acc_k[j] = F(0);
   }
-  double acc = 0.0;
   const int64_t OW = d.OW();
   for (int64_t t = p.T - 1; t >= 0; --t) {
     const F* ht = h + t * n;
     const F* g = GATE ? gate + t * d.C + it.c : nullptr;
-    const F* gp = (GRAD_K && GATE && t > 0) ? gate + (t - 1) * d.C + it.c : nullptr;
+    const F* gp = (GRAD_K && GATE) ? (t > 0 ? gate + (t - 1) * d.C + it.c : g) : nullptr;
     const int64_t out_plane = ((t * d.B + it.b) * d.C + it.c);
     // dL/dS[t]: the pooling's backward (dL/dY / 4 on each element of the window) or the output's gradient
     if (d.pool()) {
@@ -374,6 +380,7 @@ double direct_backward_item(const F* gy, const F* x, const F* gate, F* gx, const
       const F* gyt = gy + out_plane * d.S + it.first;
       for (int64_t j = 0; j < n; ++j) gs[j] = gyt[j];
     }
+#pragma GCC ivdep  // the slots are disjoint ranges of one buffer: no dependence between iterations
     for (int64_t j = 0; j < n; ++j) {
       const F hj = ht[j];
       const F z = hj - vth;
@@ -382,10 +389,9 @@ double direct_backward_item(const F* gy, const F* x, const F* gate, F* gx, const
       if (!DETACH) gsj = gsj + (gv[j] * vr - gv[j] * hj);
       const F graw = GATE ? gsj * g[0] : gsj;
       const F gh = gv[j] * (F(1) - sj) + graw * surrogate_grad<F, SIGMOID>(z, alpha, c1, c2);
-      if (GRAD_K) {
-        F vp = vr;
-        if (t > 0) vp = hard_reset(ht[j - n], fire<F, GATE>(ht[j - n], vth, gp, 0), vr);
-        acc += double(gh * (xs[j] - (vp - vr)));
+      if (GRAD_K) {  // dH/dk = X - (V[t-1] - V_reset)
+        const F vp = hard_reset(ht[j - n], fire<F, GATE>(ht[j - n], vth, gp, 0), vr);
+        acc_k[j] = acc_k[j] + gh * (xs[j] - (vp - vr));
       }
       const F ga = MUL ? gh * k : gh / k;
       acc_x[j] = acc_x[j] + ga;
@@ -393,6 +399,10 @@ double direct_backward_item(const F* gy, const F* x, const F* gate, F* gx, const
     }
   }
   direct_copy<F, false>(d, it, gx + (it.b * d.C + it.c) * d.S, acc_x);
+  double acc = 0.0;  // the slots' sums in double, in a fixed order
+  if (GRAD_K) {
+    for (int64_t j = 0; j < n; ++j) acc += double(acc_k[j]);
+  }
   return acc;
 }
 
@@ -433,7 +443,7 @@ double direct_backward_all(const F* gy, const F* x, const F* gate, F* gx, const 
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < items; ++i) {
       const DirectItem it = direct_item(d, i);
-      const size_t need = static_cast<size_t>((4 + p.T) * it.n);
+      const size_t need = static_cast<size_t>((6 + p.T) * it.n);
       if (buf.size() < need) buf.resize(need);
       const double a = direct_backward_item<F, MUL, GATE, SIGMOID, DETACH, GRAD_K>(gy, x, gate, gx, p, d, it,
                                                                                   buf.data());

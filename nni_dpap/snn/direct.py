@@ -11,8 +11,9 @@ its slice of the static input once, runs the ``T`` steps in registers and writes
 rates; the backward pass recomputes the membrane from the static input instead of saving it and sums
 the gradient over the steps (the encoder's backward).
 
-The spikes, the pooled output and ``dL/dw`` of PLIF are bit-identical to the modules' path; ``dL/dx`` is
-summed over the steps in another order than autograd's sum over the encoder's copies (float rounding).
+The spikes and the pooled output are bit-identical to the modules' path; ``dL/dx`` (summed over the steps
+in another order than autograd's sum over the encoder's copies) and PLIF's ``dL/dw`` (summed per element
+over the steps, then over the elements in double, in a fixed order) equal theirs within float rounding.
 
 Where the kernel does not apply, the three modules are simply called in turn, so hooks, NNI's tracer and
 ``torch.compile`` see the ordinary modules. It applies when: ``x`` is a plain float32/float64 CPU
