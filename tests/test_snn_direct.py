@@ -161,3 +161,21 @@ def test_spiking_conv_net_trains_the_same_with_and_without_the_kernel():
     assert model.conv1.weight.grad.abs().sum() > 0  # the gradient flows back through the kernel
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("prune_first_conv", [False, True])
+def test_dpap_training_runs_the_kernel_unless_it_observes_sn1(prune_first_conv, make_evaluator, digits, monkeypatch):
+    """DPAP hooks the neuron after each pruned layer: with conv1 left alone (the default) sn1 is not observed
+    and the kernel runs; with conv1 pruned, sn1's spikes feed its statistics and the modules run."""
+    from nni_dpap import DPAPPruner
+    from nni_dpap.snn import direct
+
+    calls: list[int] = []
+    original = direct._forward
+    monkeypatch.setattr(direct, "_forward", lambda *args: calls.append(1) or original(*args))
+    torch.manual_seed(0)
+    model = SpikingConvNet(1, 8, 10, T=4)
+    pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], make_evaluator(model), epochs=1,
+                        steps_per_epoch=len(digits[0]), hparams={"prune_first_conv": prune_first_conv})
+    pruner.compress()
+    assert (len(calls) >= len(digits[0])) == (not prune_first_conv)
