@@ -84,16 +84,22 @@ double backward_item(const F* gs, const F* h, const F* x, const F* gate, F* gx, 
   const F c1 = F(kPi / 2 * p.alpha), c2 = F(p.alpha / 2);
   const int64_t N = p.B * p.L;
   F gv[kBlock];  // dL/dV[t], flowing backwards in time
-  double acc = 0.0;
-  for (int64_t j = 0; j < n; ++j) gv[j] = F(0);
+  F acc_k[kBlock];  // dL/dk per element, summed over the steps (vectorises; summed in double at the end)
+  F rest[kBlock];   // stands for H[-1]: the reset of V_reset is V_reset whether it fires or not
+  for (int64_t j = 0; j < n; ++j) {
+    gv[j] = F(0);
+    acc_k[j] = F(0);
+    rest[j] = vr;
+  }
   for (int64_t t = p.T - 1; t >= 0; --t) {
     const F* ht = h + t * N + off;
     const F* gst = gs + t * N + off;
     const F* gt = GATE ? gate + t * p.L + j0 : nullptr;
-    const F* hp = (GRAD_K && t > 0) ? h + (t - 1) * N + off : nullptr;
-    const F* gp = (GRAD_K && GATE && t > 0) ? gate + (t - 1) * p.L + j0 : nullptr;
+    const F* hp = t > 0 ? h + (t - 1) * N + off : rest;
+    const F* gp = (GATE && t > 0) ? gate + (t - 1) * p.L + j0 : gt;
     const F* xt = GRAD_K ? x + t * N + off : nullptr;
     F* gxt = gx + t * N + off;
+#pragma GCC ivdep  // gx, h, gs, x and the stack arrays do not overlap
     for (int64_t j = 0; j < n; ++j) {
       const F hj = ht[j];
       const F z = hj - vth;
@@ -103,14 +109,17 @@ double backward_item(const F* gs, const F* h, const F* x, const F* gate, F* gx, 
       const F graw = GATE ? gsj * gt[j] : gsj;
       const F gh = gv[j] * (F(1) - sj) + graw * surrogate_grad<F, SIGMOID>(z, alpha, c1, c2);
       if (GRAD_K) {  // dH/dk = X - (V[t-1] - V_reset), V[t-1] recomputed from H[t-1]
-        F vp = vr;
-        if (t > 0) vp = hard_reset(hp[j], fire<F, GATE>(hp[j], vth, gp, j), vr);
-        acc += double(gh * (xt[j] - (vp - vr)));
+        const F vp = hard_reset(hp[j], fire<F, GATE>(hp[j], vth, gp, j), vr);
+        acc_k[j] = acc_k[j] + gh * (xt[j] - (vp - vr));
       }
       const F ga = MUL ? gh * k : gh / k;  // dL/dX[t]
       gxt[j] = ga;
       gv[j] = gh - ga;  // dL/dV[t-1] = gh * (1 - k)
     }
+  }
+  double acc = 0.0;  // in a fixed order: deterministic
+  if (GRAD_K) {
+    for (int64_t j = 0; j < n; ++j) acc += double(acc_k[j]);
   }
   return acc;
 }

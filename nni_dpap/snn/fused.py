@@ -27,8 +27,8 @@ through once and the inner loop vectorises; work items are spread over torch's i
 OpenMP (the library links ``libgomp.so.1``, which resolves to the copy torch has already loaded, so both
 share one thread pool). The arithmetic mirrors the Python code operation by operation and is compiled
 with ``-ffp-contract=off``, so ``H`` and the spikes are bit-identical to the loop's; gradients agree to
-float rounding (the loop's autograd sums a few terms in another order; ``dL/dw`` is accumulated in
-float64 in a fixed order, so it is deterministic).
+float rounding (the loop's autograd sums a few terms in another order; ``dL/dw`` is summed over the
+steps per element, then over the elements in float64, in a fixed order, so it is deterministic).
 
 Why this backend (measured on 2 CPU cores, the paper's MNIST SNN at T = 8, batch 64; see
 ``benchmarks/bench_neurons.py`` and its results):
