@@ -420,7 +420,7 @@ void direct_forward_all(const F* x, const F* gate, F* y, const Params& p, const 
   const int64_t items = d.B * d.C * d.per_plane();
 #pragma omp parallel num_threads(p.threads) if (p.threads > 1)
   {
-    std::vector<F> scratch(3 * kBlock + 16 * std::max<int64_t>(1, d.OW()));
+    std::vector<F> scratch;  // per thread: v, xs and s of one item
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < items; ++i) {
       const DirectItem it = direct_item(d, i);
