@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nni_dpap.models import SpikingConvNet
-from nni_dpap.snn import AvgPool2d, fused
+from nni_dpap.models import LeNetANN, SpikingCifarNet, SpikingConvNet
+from nni_dpap.snn import AvgPool2d, MaxPool2d, fused
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="no C++ compiler for the kernel library")
 
@@ -84,3 +84,84 @@ def test_spiking_conv_net_pools_with_the_kernel_and_matches_torch_pooling():
     x = torch.rand(3, 1, 12, 12)
     torch.testing.assert_close(net(x), reference(x), rtol=0, atol=1e-6)
     assert _kernel_used(net.pool1(torch.rand(2, 15, 12, 12, requires_grad=True)))
+
+
+# -- max pooling ------------------------------------------------------------------------------------------
+def _max_kernel_used(y: torch.Tensor) -> bool:
+    return y.grad_fn is not None and "MaxPool2x2" in type(y.grad_fn).__name__
+
+
+def _max_input(kind: str, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    if kind == "spikes":  # 0/1: ties in most windows, ATen's first maximum must win
+        return (torch.rand(shape, generator=gen) > 0.7).to(dtype)
+    x = torch.randn(shape, generator=gen, dtype=dtype)
+    if kind == "nan":  # NaN wins wherever it is (the last NaN of a window)
+        x[..., 0, 1] = float("nan")
+        x[..., 1, 1] = float("nan")
+    elif kind == "-inf":
+        x[..., :2, :2] = -float("inf")
+    return x
+
+
+@pytest.mark.parametrize("shape", [(64, 15, 28, 28), (3, 5, 7, 9), (6, 10, 11)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["spikes", "randn", "nan", "-inf"])
+def test_max_pooling_equals_torch(shape, dtype, kind):
+    gen = torch.Generator().manual_seed(0)
+    x = _max_input(kind, shape, dtype, gen).requires_grad_()
+    ref = x.detach().clone().requires_grad_()
+    y, y_ref = MaxPool2d(2)(x), F.max_pool2d(ref, 2)
+    assert _max_kernel_used(y) and y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0, equal_nan=True)
+    grad = torch.randn(y.shape, generator=gen, dtype=dtype)
+    y.backward(grad)
+    y_ref.backward(grad)
+    torch.testing.assert_close(x.grad, ref.grad, rtol=0, atol=0)  # the same element of each window gets it
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: (MaxPool2d(3, 2), x), lambda x: (MaxPool2d(2, 1), x), lambda x: (MaxPool2d(2, padding=1), x),
+    lambda x: (MaxPool2d(2, ceil_mode=True), x), lambda x: (MaxPool2d(2, dilation=2), x),
+    lambda x: (MaxPool2d(2), x.contiguous(memory_format=torch.channels_last)),
+    lambda x: (MaxPool2d(2), x.transpose(2, 3)), lambda x: (MaxPool2d(2), x.to(torch.bfloat16)),
+])
+def test_other_max_pooling_settings_run_torchs(make):
+    x = torch.randn(2, 3, 7, 8, requires_grad=True)
+    pool, inp = make(x)
+    y = pool(inp)
+    assert not _max_kernel_used(y)
+    torch.testing.assert_close(y, nn.MaxPool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                                               ceil_mode=pool.ceil_mode)(inp), rtol=0, atol=0)
+
+
+def test_max_pooling_with_indices_and_without_the_library_is_torchs(monkeypatch):
+    x = torch.randn(2, 3, 6, 6)
+    out, indices = MaxPool2d(2, return_indices=True)(x)
+    torch.testing.assert_close(indices, F.max_pool2d(x, 2, return_indices=True)[1])
+    state = fused._State()
+    state.failure = "RuntimeError: simulated"
+    monkeypatch.setattr(fused, "_STATE", state)
+    y = MaxPool2d(2)(x.requires_grad_())
+    assert not _max_kernel_used(y)
+    torch.testing.assert_close(y, F.max_pool2d(x, 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("build,shape", [(lambda: LeNetANN(1, 12, 10), (1, 12, 12)),
+                                         (lambda: SpikingCifarNet(3, 8, 10, T=2, width=0.05), (3, 8, 8))])
+def test_models_max_pool_with_the_kernel_and_match_torch_pooling(build, shape):
+    torch.manual_seed(0)
+    net = build()
+    reference = build()
+    reference.load_state_dict(net.state_dict())
+    for name, module in list(reference.named_modules()):
+        if isinstance(module, MaxPool2d):
+            parent, _, attr = name.rpartition(".")
+            setattr(reference.get_submodule(parent) if parent else reference, attr, nn.MaxPool2d(2))
+    pools = [m for m in net.modules() if isinstance(m, MaxPool2d)]
+    assert len(pools) == 2 and not any(isinstance(m, MaxPool2d) for m in reference.modules())
+    x = torch.rand(3, *shape)
+    torch.testing.assert_close(net(x), reference(x), rtol=0, atol=1e-6)
+    net(x).sum().backward()
+    reference(x).sum().backward()
+    for p, q in zip(net.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)

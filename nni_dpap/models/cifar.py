@@ -6,7 +6,7 @@ from typing import Literal, Sequence
 
 from torch import Tensor, nn
 
-from ..snn import DirectEncoder, LIFNeuron, PLIFNeuron, TimeAverage
+from ..snn import DirectEncoder, LIFNeuron, MaxPool2d, PLIFNeuron, TimeAverage
 
 __all__ = ["SpikingCifarNet", "VGG", "VGG16_DPAP_CFG", "VGG16_CFG"]
 
@@ -29,7 +29,7 @@ class SpikingCifarNet(nn.Module):
         previous = in_channels
         for channels in (c1, c1, "M", c2, c2, "M", c3, c3):
             if channels == "M":
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2d(2))
                 continue
             assert isinstance(channels, int)
             layers += [nn.Conv2d(previous, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), make()]
@@ -74,7 +74,7 @@ class VGG(nn.Module):
         previous, side = in_channels, input_size
         for item in cfg:
             if item == "M":
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2d(2))
                 side //= 2
                 continue
             channels = max(1, round(int(item) * width))

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..snn import AvgPool2d, DirectEncoder, LIFNeuron, PLIFNeuron, TimeAverage
+from ..snn import AvgPool2d, DirectEncoder, LIFNeuron, MaxPool2d, PLIFNeuron, TimeAverage
 from ..snn.direct import encode_fire_pool
 from ..snn.neurons import BaseNeuron
 
@@ -103,10 +103,10 @@ class LeNetANN(nn.Module):
         c1, c2, hidden = widths
         self.conv1 = nn.Conv2d(in_channels, c1, 5, padding=2)
         self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)
+        self.pool1 = MaxPool2d(2)
         self.conv2 = nn.Conv2d(c1, c2, 5, padding=2)
         self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2)
+        self.pool2 = MaxPool2d(2)
         side = input_size // 4
         self.fc1 = nn.Linear(c2 * side * side, hidden)
         self.relu3 = nn.ReLU()

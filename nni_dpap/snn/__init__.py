@@ -11,7 +11,7 @@ from .direct import encode_fire_pool
 from .encoding import DirectEncoder, TimeAverage, fold_time, unfold_time
 from .functional import set_step_mode, set_time_steps
 from .neurons import BaseNeuron, LIFNeuron, PLIFNeuron
-from .pooling import AvgPool2d
+from .pooling import AvgPool2d, MaxPool2d
 from .surrogate import ATanSurrogate, SigmoidSurrogate, SurrogateFunction, get_surrogate
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "fold_time",
     "unfold_time",
     "AvgPool2d",
+    "MaxPool2d",
     "set_time_steps",
     "set_step_mode",
 ]

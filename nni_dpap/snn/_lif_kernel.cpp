@@ -18,6 +18,7 @@
 namespace {
 
 constexpr int64_t kBlock = 512;
+constexpr int64_t kRun = 256;  // outputs per run of the max pooling's inner loop
 constexpr double kPi = 3.14159265358979323846;  // == Python's math.pi
 
 struct Params {
@@ -464,6 +465,67 @@ double direct_backward_all(const F* gy, const F* x, const F* gate, F* gx, const 
   return total;
 }
 
+// 2x2 max pooling, stride 2, no padding, floor mode, over P contiguous H x W planes (NCHW), as ATen's CPU
+// kernel picks the maximum: the window scanned row by row, an element replacing the maximum if it is greater
+// or NaN, starting from -inf at the first element. The window position of the maximum (0..3) is kept per
+// output (one byte) for backward, which writes gx = gy there and 0 elsewhere (also on the odd row or column
+// that floor mode leaves out), as ATen's max_pool2d backward does for non-overlapping windows.
+template <typename F>
+void max_pool_forward(const F* x, F* y, uint8_t* arg, int64_t P, int64_t H, int64_t W, int threads) {
+  const int64_t OH = H / 2, OW = W / 2;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t p = 0; p < P; ++p) {
+    const F* plane = x + p * H * W;
+    F* out = y + p * OH * OW;
+    uint8_t* a = arg + p * OH * OW;
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const F* r0 = plane + 2 * oh * W;
+      const F* r1 = r0 + W;
+      F* o = out + oh * OW;
+      for (int64_t ow0 = 0; ow0 < OW; ow0 += kRun) {  // runs of outputs: the float loop vectorises, then
+        const int64_t n = std::min(kRun, OW - ow0);    // the positions are narrowed to bytes
+        F pos[kRun];
+        for (int64_t j = 0; j < n; ++j) {  // branch-free
+          const int64_t ow = ow0 + j;
+          // starting from -inf, the first element always wins (or, at -inf itself, leaves the same result)
+          F m = r0[2 * ow], k = F(0);
+          const F v1 = r0[2 * ow + 1], v2 = r1[2 * ow], v3 = r1[2 * ow + 1];
+          const bool t1 = (v1 > m) | (v1 != v1);  // (x != x: NaN)
+          m = t1 ? v1 : m;
+          k = t1 ? F(1) : k;
+          const bool t2 = (v2 > m) | (v2 != v2);
+          m = t2 ? v2 : m;
+          k = t2 ? F(2) : k;
+          const bool t3 = (v3 > m) | (v3 != v3);
+          m = t3 ? v3 : m;
+          k = t3 ? F(3) : k;
+          o[ow] = m;
+          pos[j] = k;
+        }
+        for (int64_t j = 0; j < n; ++j) a[oh * OW + ow0 + j] = static_cast<uint8_t>(pos[j]);
+      }
+    }
+  }
+}
+
+template <typename F>
+void max_pool_backward(const F* gy, const uint8_t* arg, F* gx, int64_t P, int64_t H, int64_t W, int threads) {
+  const int64_t OH = H / 2, OW = W / 2;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t p = 0; p < P; ++p) {
+    const F* g = gy + p * OH * OW;
+    const uint8_t* a = arg + p * OH * OW;
+    F* plane = gx + p * H * W;
+    std::fill(plane, plane + H * W, F(0));  // (then one write per window: faster than writing all four)
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const uint8_t k = a[oh * OW + ow];
+        plane[(2 * oh + k / 2) * W + 2 * ow + k % 2] = g[oh * OW + ow];
+      }
+    }
+  }
+}
+
 // Calls fn(F{}) with F = float (dtype 0) or double (dtype 1); returns 0, or -1 for an unknown dtype.
 template <typename Fn>
 int with_dtype(int dtype, Fn&& fn) {
@@ -559,6 +621,26 @@ double nni_dpap_direct_backward(int dtype, const void* gy, const void* x, const 
   return result;
 }
 
-int nni_dpap_lif_abi_version(void) { return 3; }
+// 2x2 max pooling (see max_pool_forward / max_pool_backward); arg is uint8 [P, H/2, W/2]. Returns 0, or -1 for
+// an unknown dtype.
+int nni_dpap_max_pool2x2_forward(int dtype, const void* x, void* y, void* arg, int64_t P, int64_t H, int64_t W,
+                                 int threads) {
+  return with_dtype(dtype, [&](auto zero) {
+    using F = decltype(zero);
+    max_pool_forward<F>(static_cast<const F*>(x), static_cast<F*>(y), static_cast<uint8_t*>(arg), P, H, W,
+                        threads);
+  });
+}
+
+int nni_dpap_max_pool2x2_backward(int dtype, const void* gy, const void* arg, void* gx, int64_t P, int64_t H,
+                                  int64_t W, int threads) {
+  return with_dtype(dtype, [&](auto zero) {
+    using F = decltype(zero);
+    max_pool_backward<F>(static_cast<const F*>(gy), static_cast<const uint8_t*>(arg), static_cast<F*>(gx), P, H,
+                         W, threads);
+  });
+}
+
+int nni_dpap_lif_abi_version(void) { return 4; }
 
 }  // extern "C"

@@ -10,14 +10,13 @@ without ``detach_reset``, any ``V_reset``) and the ``[C, T]`` time mask, in a
 :class:`torch.autograd.Function` whose backward pass is one fused loop too (backpropagation through
 time, with ``dL/dw`` for PLIF). The loop makes ``~10 T`` elementwise torch calls in forward and as many
 autograd nodes in backward, each reading and writing the whole tensor; the kernel reads ``X`` once and
-writes the spikes and ``H`` (saved for backward) once, and backward reads ``H`` and the spikes'
-gradient once and writes ``dL/dX`` once.
+writes the spikes and ``H`` (saved for backward) once; backward reads ``H`` and ``dL/dS``, writes ``dL/dX``.
 
 Design
 ------
-The kernel, ``_lif_kernel.cpp`` next to this module (package data, read at run time; it also holds the
-2x2 average pooling of :mod:`~nni_dpap.snn.pooling`, so one library is built and cached), is ~270 lines of
-plain C++17 with a C ABI and **no torch headers**, compiled on first use with the system's C++ compiler
+The kernel, ``_lif_kernel.cpp`` next to this module (package data; it also holds the 2x2 pooling of
+:mod:`~nni_dpap.snn.pooling` and the input stage of :mod:`~nni_dpap.snn.direct`), plain C++17 with a C ABI
+and **no torch headers**, is compiled on first use with the system's C++ compiler
 (``$CXX``, else ``c++``/``g++``/``clang++``) into a shared library cached under ``$NNI_DPAP_CACHE_DIR``
 (default ``~/.cache/nni_dpap``), keyed by a hash of the source, flags, compiler and CPU (it is built with
 ``-march=native``: AVX2 made the forward 6-15x faster than baseline x86-64 code), and called through
@@ -82,7 +81,7 @@ _OPENMP = "-fopenmp"
 # cache key includes the CPU's feature flags, so a cache shared by different machines never loads a
 # library for the wrong CPU; a compiler without -march=native builds the portable library.
 _NATIVE = "-march=native"
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
 _MIN_PARALLEL = 1 << 15  # elements per step below which one thread is faster than waking the others
 
@@ -230,12 +229,13 @@ def _load(path: Path) -> ctypes.CDLL:
 
 def _declare(lib: ctypes.CDLL) -> None:
     ptr, i64, f64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-    pool = ([i32, ptr, ptr, i64, i64, i64, i32], i32)  # .pooling
+    pool, max_pool = ([i32, ptr, ptr, i64, i64, i64, i32], i32), ([i32, ptr, ptr, ptr, i64, i64, i64, i32], i32)
     signatures = {  # name: (argument types, result type)
         "nni_dpap_lif_forward": ([i32, ptr, ptr, ptr, ptr, i64, i64, i64, f64, f64, f64, i32, i32], i32),
         "nni_dpap_lif_backward": ([i32, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, f64, f64, f64, i32, i32, f64, i32, i32,
                                    i32], f64),
-        "nni_dpap_avg_pool2x2_forward": pool, "nni_dpap_avg_pool2x2_backward": pool,
+        "nni_dpap_avg_pool2x2_forward": pool, "nni_dpap_avg_pool2x2_backward": pool,  # .pooling
+        "nni_dpap_max_pool2x2_forward": max_pool, "nni_dpap_max_pool2x2_backward": max_pool,
         "nni_dpap_direct_forward": ([i32, ptr, ptr, ptr, *[i64] * 6, f64, f64, f64, i32, i32], i32),  # .direct
         "nni_dpap_direct_backward": ([i32, ptr, ptr, ptr, ptr, *[i64] * 6, f64, f64, f64, i32, i32, f64, i32, i32,
                                       i32], f64),

@@ -1,4 +1,4 @@
-"""2x2 average pooling on the CPU without ATen's slow generic kernel.
+"""2x2 average and max pooling on the CPU without ATen's slow generic kernels.
 
 Spiking conv nets pool every time step: the paper's MNIST SNN at ``T = 8``, batch 64, pools a
 ``[512, 15, 28, 28]`` spike tensor after its first layer. ATen's CPU ``avg_pool2d`` for NCHW tensors
@@ -10,10 +10,16 @@ padding, :class:`AvgPool2d` runs a plain loop from the package's kernel library
 4, so outputs and gradients are bit-identical to :func:`torch.nn.functional.avg_pool2d`; it is 3-10x
 faster forward and 5-10x backward on 2 cores.
 
-Anything else (another window, padding, ``ceil_mode``, ``divisor_override``, a GPU tensor, a dtype other
-than float32/float64, a non-contiguous or channels-last tensor, tracing, ``torch.compile``, or no
-kernel library) runs :class:`torch.nn.AvgPool2d` unchanged, so the module is a drop-in replacement and
-NNI's speedup, DPAP's graph tracer and ``torch.compile`` see an ordinary average pooling.
+:class:`MaxPool2d` does the same for 2x2 max pooling (the CIFAR SNN, VGG and the LeNet ANN): ATen's
+CPU ``max_pool2d`` took 3.1 ms for a ``[256, 32, 16, 16]`` tensor and 93 ms for the full-width CIFAR
+SNN's ``[512, 128, 32, 32]`` on 2 cores. The kernel picks the maximum as ATen does (the window scanned
+row by row, a greater or NaN element replacing it, so ties go to the first), keeps its window position
+in one byte per output, and backward writes the gradient there: outputs and gradients are ATen's.
+
+Anything else (another window, padding, ``ceil_mode``, ``divisor_override``, dilation, ``return_indices``,
+a GPU tensor, a dtype other than float32/float64, a non-contiguous or channels-last tensor, tracing,
+``torch.compile``, or no kernel library) runs torch's pooling unchanged, so the modules are drop-in
+replacements and NNI's speedup, DPAP's graph tracer and ``torch.compile`` see an ordinary pooling.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from torch import Tensor, nn
 
 from . import fused
 
-__all__ = ["AvgPool2d", "avg_pool2x2", "is_2x2"]
+__all__ = ["AvgPool2d", "MaxPool2d", "avg_pool2x2", "is_2x2", "max_pool2x2"]
 
 
 def _planes(shape: torch.Size) -> tuple[int, int, int]:
@@ -96,6 +102,69 @@ class AvgPool2d(nn.AvgPool2d):
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's parameter name
         if is_2x2(self):
             out = avg_pool2x2(input)
+            if out is not None:
+                return out
+        return super().forward(input)
+
+
+class _MaxPool2x2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, lib: Any) -> Tensor:
+        P, H, W = _planes(x.shape)
+        y = x.new_empty((*x.shape[:-2], H // 2, W // 2))
+        arg = torch.empty(y.shape, dtype=torch.uint8)  # window position of each maximum (0..3)
+        if P:
+            lib.nni_dpap_max_pool2x2_forward(fused.DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(), arg.data_ptr(),
+                                             P, H, W, fused.threads_for(x.numel()))
+        ctx.save_for_backward(arg)
+        ctx.shape, ctx.lib = x.shape, lib
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor, None]:
+        (arg,) = ctx.saved_tensors
+        grad_y = grad_y.contiguous()
+        grad_x = grad_y.new_empty(ctx.shape)
+        P, H, W = _planes(ctx.shape)
+        if P:
+            ctx.lib.nni_dpap_max_pool2x2_backward(fused.DTYPE_CODES[grad_y.dtype], grad_y.data_ptr(), arg.data_ptr(),
+                                                  grad_x.data_ptr(), P, H, W, fused.threads_for(grad_x.numel()))
+        return grad_x, None
+
+
+def max_pool2x2(x: Tensor) -> Tensor | None:
+    """``max_pool2d(x, 2)`` with the kernel, or ``None`` where it does not apply (see :func:`avg_pool2x2`)."""
+    if not fused.plain_cpu_tensor(x) or x.dim() not in (3, 4) or not x.is_contiguous() or min(x.shape[-2:]) < 2:
+        return None
+    lib = fused.library()
+    if lib is None:
+        return None
+    return _MaxPool2x2.apply(x, lib)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """:class:`torch.nn.MaxPool2d` whose 2x2 / stride-2 case runs the package's CPU kernel.
+
+    Same arguments, results and gradients as :class:`torch.nn.MaxPool2d` (see the module docstring).
+
+    Examples
+    --------
+    >>> MaxPool2d(2)(torch.arange(16.0).view(1, 1, 4, 4))
+    tensor([[[[ 5.,  7.],
+              [13., 15.]]]])
+    """
+
+    def _is_2x2(self) -> bool:
+        def pair(v: Any) -> tuple[Any, ...]:
+            return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+        return (pair(self.kernel_size) == (2, 2) and pair(self.stride) == (2, 2) and pair(self.padding) == (0, 0)
+                and pair(self.dilation) == (1, 1) and not self.ceil_mode and not self.return_indices)
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's parameter name
+        if self._is_2x2():
+            out = max_pool2x2(input)
             if out is not None:
                 return out
         return super().forward(input)
