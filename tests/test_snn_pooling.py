@@ -8,9 +8,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from nni_dpap.models import LeNetANN, SpikingCifarNet, SpikingConvNet
-from nni_dpap.snn import AvgPool2d, MaxPool2d, fused
+from nni_dpap.snn import AvgPool2d, MaxPool2d, fused, pooling
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="no C++ compiler for the kernel library")
+
+
+@pytest.fixture(autouse=True)
+def _kernel_for_every_size(monkeypatch, request):
+    """The small shapes below test the kernel's edge cases; by default such inputs run torch's pooling."""
+    if not request.node.name.startswith("test_small_inputs_run_torchs_pooling"):
+        monkeypatch.setattr(pooling, "MIN_ELEMENTS", 0)
+
+
+@pytest.mark.parametrize("pool,functional", [(AvgPool2d(2), F.avg_pool2d), (MaxPool2d(2), F.max_pool2d)])
+def test_small_inputs_run_torchs_pooling(pool, functional):
+    small = torch.randn(2, 3, 8, 8, requires_grad=True)  # 384 elements
+    large = torch.randn(2, 32, 16, 16, requires_grad=True)  # 16,384
+    assert pooling.MIN_ELEMENTS == large.numel()
+    assert type(pool(small).grad_fn).__name__ == type(functional(small, 2).grad_fn).__name__
+    assert type(pool(large).grad_fn).__name__.startswith(("_AvgPool2x2", "_MaxPool2x2"))
+    torch.testing.assert_close(pool(small), functional(small, 2), rtol=0, atol=0)
 
 
 def _kernel_used(y: torch.Tensor) -> bool:

@@ -16,8 +16,8 @@ SNN's ``[512, 128, 32, 32]`` on 2 cores. The kernel picks the maximum as ATen do
 row by row, a greater or NaN element replacing it, so ties go to the first), keeps its window position
 in one byte per output, and backward writes the gradient there: outputs and gradients are ATen's.
 
-Anything else (another window, padding, ``ceil_mode``, ``divisor_override``, dilation, ``return_indices``,
-a GPU tensor, a dtype other than float32/float64, a non-contiguous or channels-last tensor, tracing,
+Anything else (fewer than :data:`MIN_ELEMENTS` elements, another window, padding, ``ceil_mode``,
+``divisor_override``, dilation, ``return_indices``, a GPU tensor, a dtype other than float32/float64, a non-contiguous or channels-last tensor, tracing,
 ``torch.compile``, or no kernel library) runs torch's pooling unchanged, so the modules are drop-in
 replacements and NNI's speedup, DPAP's graph tracer and ``torch.compile`` see an ordinary pooling.
 """
@@ -32,23 +32,37 @@ from torch import Tensor, nn
 
 from . import fused
 
-__all__ = ["AvgPool2d", "MaxPool2d", "avg_pool2x2", "is_2x2", "max_pool2x2"]
+__all__ = ["AvgPool2d", "MaxPool2d", "MIN_ELEMENTS", "avg_pool2x2", "is_2x2", "max_pool2x2"]
+
+
+#: Inputs smaller than this run torch's pooling: its call costs a few microseconds less, which is all there is to
+#: win on a few thousand elements (the LeNet ANN at batch 1: +15 us a forward with the kernel). Same results.
+MIN_ELEMENTS = 1 << 14
 
 
 def _planes(shape: torch.Size) -> tuple[int, int, int]:
     return math.prod(shape[:-2]), shape[-2], shape[-1]
 
 
+def _avg_forward(lib: Any, x: Tensor) -> Tensor:
+    P, H, W = _planes(x.shape)
+    y = x.new_empty((*x.shape[:-2], H // 2, W // 2))
+    if P:
+        lib.nni_dpap_avg_pool2x2_forward(fused.DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(), P, H, W,
+                                         fused.threads_for(x.numel()))
+    return y
+
+
+def _needs_graph(x: Tensor) -> bool:
+    """Whether autograd must record the call (else the kernel runs without a Function: ~10 us less a call)."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
 class _AvgPool2x2(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, lib: Any) -> Tensor:
-        P, H, W = _planes(x.shape)
-        y = x.new_empty((*x.shape[:-2], H // 2, W // 2))
-        if P:
-            lib.nni_dpap_avg_pool2x2_forward(fused.DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(), P, H, W,
-                                             fused.threads_for(x.numel()))
         ctx.shape, ctx.lib = x.shape, lib
-        return y
+        return _avg_forward(lib, x)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -77,12 +91,13 @@ def avg_pool2x2(x: Tensor) -> Tensor | None:
     Returns ``None`` where the kernel does not apply (see the module docstring) or cannot be built;
     the caller then runs :func:`torch.nn.functional.avg_pool2d`.
     """
-    if not fused.plain_cpu_tensor(x) or x.dim() not in (3, 4) or not x.is_contiguous() or min(x.shape[-2:]) < 2:
-        return None  # a window larger than the input: ATen raises the error that explains it
+    if (not fused.plain_cpu_tensor(x) or x.numel() < MIN_ELEMENTS or x.dim() not in (3, 4) or not x.is_contiguous()
+            or min(x.shape[-2:]) < 2):  # (a plain tensor first: tracers' proxies cannot be compared)
+        return None  # (a window larger than the input: ATen raises the error that explains it)
     lib = fused.library()
     if lib is None:
         return None
-    return _AvgPool2x2.apply(x, lib)
+    return _AvgPool2x2.apply(x, lib) if _needs_graph(x) else _avg_forward(lib, x)
 
 
 class AvgPool2d(nn.AvgPool2d):
@@ -107,15 +122,20 @@ class AvgPool2d(nn.AvgPool2d):
         return super().forward(input)
 
 
+def _max_forward(lib: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+    P, H, W = _planes(x.shape)
+    y = x.new_empty((*x.shape[:-2], H // 2, W // 2))
+    arg = torch.empty(y.shape, dtype=torch.uint8)  # window position of each maximum (0..3)
+    if P:
+        lib.nni_dpap_max_pool2x2_forward(fused.DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(), arg.data_ptr(),
+                                         P, H, W, fused.threads_for(x.numel()))
+    return y, arg
+
+
 class _MaxPool2x2(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, lib: Any) -> Tensor:
-        P, H, W = _planes(x.shape)
-        y = x.new_empty((*x.shape[:-2], H // 2, W // 2))
-        arg = torch.empty(y.shape, dtype=torch.uint8)  # window position of each maximum (0..3)
-        if P:
-            lib.nni_dpap_max_pool2x2_forward(fused.DTYPE_CODES[x.dtype], x.data_ptr(), y.data_ptr(), arg.data_ptr(),
-                                             P, H, W, fused.threads_for(x.numel()))
+        y, arg = _max_forward(lib, x)
         ctx.save_for_backward(arg)
         ctx.shape, ctx.lib = x.shape, lib
         return y
@@ -135,12 +155,13 @@ class _MaxPool2x2(torch.autograd.Function):
 
 def max_pool2x2(x: Tensor) -> Tensor | None:
     """``max_pool2d(x, 2)`` with the kernel, or ``None`` where it does not apply (see :func:`avg_pool2x2`)."""
-    if not fused.plain_cpu_tensor(x) or x.dim() not in (3, 4) or not x.is_contiguous() or min(x.shape[-2:]) < 2:
+    if (not fused.plain_cpu_tensor(x) or x.numel() < MIN_ELEMENTS or x.dim() not in (3, 4) or not x.is_contiguous()
+            or min(x.shape[-2:]) < 2):  # (a plain tensor first: tracers' proxies cannot be compared)
         return None
     lib = fused.library()
     if lib is None:
         return None
-    return _MaxPool2x2.apply(x, lib)
+    return _MaxPool2x2.apply(x, lib) if _needs_graph(x) else _max_forward(lib, x)[0]
 
 
 class MaxPool2d(nn.MaxPool2d):
