@@ -17,9 +17,10 @@ row by row, a greater or NaN element replacing it, so ties go to the first), kee
 in one byte per output, and backward writes the gradient there: outputs and gradients are ATen's.
 
 Anything else (fewer than :data:`MIN_ELEMENTS` elements, another window, padding, ``ceil_mode``,
-``divisor_override``, dilation, ``return_indices``, a GPU tensor, a dtype other than float32/float64, a non-contiguous or channels-last tensor, tracing,
-``torch.compile``, or no kernel library) runs torch's pooling unchanged, so the modules are drop-in
-replacements and NNI's speedup, DPAP's graph tracer and ``torch.compile`` see an ordinary pooling.
+``divisor_override``, dilation, ``return_indices``, a GPU tensor, a dtype other than float32/float64,
+a non-contiguous or channels-last tensor, tracing, ``torch.compile``, or no kernel library) runs torch's
+pooling unchanged, so the modules are drop-in replacements and NNI's speedup, DPAP's graph tracer and
+``torch.compile`` see an ordinary pooling.
 """
 
 from __future__ import annotations
