@@ -7,7 +7,7 @@ from nni.compression import TorchEvaluator
 
 from nni_dpap import DPAPPruner
 from nni_dpap.errors import ConfigError
-from nni_dpap.models import MODELS, LeNetANN, SpikingConvNet, get_model, model_spec
+from nni_dpap.models import MODELS, LeNetANN, SpikingConvNet, SpikingResNet18, get_model, model_spec
 from nni_dpap.training import classification_step, make_training_func
 
 
@@ -37,6 +37,29 @@ def test_spiking_convnet_runs_conv1_once_per_image():
     (grad,) = torch.autograd.grad(out.sum(), x)
     (grad_ref,) = torch.autograd.grad(reference.sum(), x)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("small_input", [True, False])
+def test_spiking_resnet_runs_its_stem_once_per_image(small_input):
+    torch.manual_seed(0)
+    model = SpikingResNet18(3, 10, T=4, small_input=small_input, width=0.125)
+    reference = SpikingResNet18(3, 10, T=4, small_input=small_input, width=0.125)
+    reference.load_state_dict(model.state_dict())
+    x = torch.rand(3, 3, 32, 32)
+    calls = []
+    model.conv1.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    out = model(x)
+    assert calls == [3]  # B images, not T*B
+    h = reference.pool(reference.sn1(reference.bn1(reference.conv1(reference.encoder(x)))))  # the textbook order
+    expected = reference.decoder(reference.fc(reference.avgpool(reference.layers(h)).flatten(1)))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)  # training mode: BatchNorm's batch statistics
+    out.sum().backward()
+    expected.sum().backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(model.bn1.running_mean, reference.bn1.running_mean, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(model.bn1.running_var, reference.bn1.running_var, rtol=1e-3, atol=1e-7)  # n/(n-1)
+    assert model.conv1.weight.grad.abs().sum() > 0
 
 
 def test_spiking_convnet_on_event_frames_and_plif():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..snn import DirectEncoder, LIFNeuron, TimeAverage
+from ..snn.direct import encode_fire_pool
 
 __all__ = ["SpikingBasicBlock", "SpikingResNet18"]
 
@@ -64,6 +65,11 @@ class SpikingResNet18(nn.Module):
         self.decoder = TimeAverage(T)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.pool(self.sn1(self.bn1(self.conv1(self.encoder(x)))))
+        # The stem before the encoder: the image is the same at every step, so conv1 and bn1 give the same
+        # output at every step; once per image is T times less work (backward too). BatchNorm's batch
+        # statistics over T copies are those of one (mean and biased variance; its backward sums the copies'
+        # gradients the same way); only the running variance's unbiased factor n / (n - 1) sees n = B*H*W
+        # instead of T*B*H*W (a relative 1/n). The encoder and sn1 then run as one kernel where they can.
+        x = self.pool(encode_fire_pool(self.bn1(self.conv1(x)), self.encoder, self.sn1))
         x = self.avgpool(self.layers(x)).flatten(1)
         return self.decoder(self.fc(x))
