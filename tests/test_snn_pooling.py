@@ -34,6 +34,10 @@ def _kernel_used(y: torch.Tensor) -> bool:
     return y.grad_fn is not None and "AvgPool2x2" in type(y.grad_fn).__name__
 
 
+def _max_kernel_used(y: torch.Tensor) -> bool:
+    return y.grad_fn is not None and "MaxPool2x2" in type(y.grad_fn).__name__
+
+
 @pytest.mark.parametrize("shape", [(64, 15, 28, 28), (3, 5, 7, 9), (2, 4, 2, 3), (6, 10, 11)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_and_backward_equal_torch(shape, dtype):
@@ -59,19 +63,30 @@ def test_gradcheck_and_non_contiguous_gradient():
     torch.testing.assert_close(gx, gx_ref, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("make", [
-    lambda x: (AvgPool2d(3, 2), x), lambda x: (AvgPool2d(2, 1), x), lambda x: (AvgPool2d(2, padding=1), x),
-    lambda x: (AvgPool2d(2, ceil_mode=True), x), lambda x: (AvgPool2d(2, divisor_override=3), x),
-    lambda x: (AvgPool2d(2), x.contiguous(memory_format=torch.channels_last)),
-    lambda x: (AvgPool2d(2), x.transpose(2, 3)), lambda x: (AvgPool2d(2), x.to(torch.bfloat16)),
-])
-def test_other_settings_and_layouts_run_torchs_pooling(make):
+_OTHER_SETTINGS = [  # (pool, layout of the input): torch's pooling runs
+    (lambda: AvgPool2d(3, 2), None), (lambda: AvgPool2d(2, 1), None), (lambda: AvgPool2d(2, padding=1), None),
+    (lambda: AvgPool2d(2, ceil_mode=True), None), (lambda: AvgPool2d(2, divisor_override=3), None),
+    (lambda: MaxPool2d(3, 2), None), (lambda: MaxPool2d(2, 1), None), (lambda: MaxPool2d(2, padding=1), None),
+    (lambda: MaxPool2d(2, ceil_mode=True), None), (lambda: MaxPool2d(2, dilation=2), None),
+] + [(pool, layout) for pool in (lambda: AvgPool2d(2), lambda: MaxPool2d(2)) for layout in (
+    lambda x: x.contiguous(memory_format=torch.channels_last), lambda x: x.transpose(2, 3),
+    lambda x: x.to(torch.bfloat16))]
+
+
+@pytest.mark.parametrize("make,layout", _OTHER_SETTINGS)
+def test_other_settings_and_layouts_run_torchs_pooling(make, layout):
     x = torch.randn(2, 3, 7, 8, requires_grad=True)
-    pool, inp = make(x)
+    inp = x if layout is None else layout(x)
+    pool = make()
     y = pool(inp)
-    assert not _kernel_used(y)
-    torch.testing.assert_close(y, nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode,
-                                              divisor_override=pool.divisor_override)(inp), rtol=0, atol=0)
+    assert not _kernel_used(y) and not _max_kernel_used(y)
+    if isinstance(pool, nn.MaxPool2d):
+        reference: nn.Module = nn.MaxPool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                                            ceil_mode=pool.ceil_mode)
+    else:
+        reference = nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode,
+                                 divisor_override=pool.divisor_override)
+    torch.testing.assert_close(y, reference(inp), rtol=0, atol=0)
 
 
 def test_without_the_library_torch_pools(monkeypatch):
@@ -104,10 +119,6 @@ def test_spiking_conv_net_pools_with_the_kernel_and_matches_torch_pooling():
 
 
 # -- max pooling ------------------------------------------------------------------------------------------
-def _max_kernel_used(y: torch.Tensor) -> bool:
-    return y.grad_fn is not None and "MaxPool2x2" in type(y.grad_fn).__name__
-
-
 def _max_input(kind: str, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
     if kind == "spikes":  # 0/1: ties in most windows, ATen's first maximum must win
         return (torch.rand(shape, generator=gen) > 0.7).to(dtype)
@@ -134,21 +145,6 @@ def test_max_pooling_equals_torch(shape, dtype, kind):
     y.backward(grad)
     y_ref.backward(grad)
     torch.testing.assert_close(x.grad, ref.grad, rtol=0, atol=0)  # the same element of each window gets it
-
-
-@pytest.mark.parametrize("make", [
-    lambda x: (MaxPool2d(3, 2), x), lambda x: (MaxPool2d(2, 1), x), lambda x: (MaxPool2d(2, padding=1), x),
-    lambda x: (MaxPool2d(2, ceil_mode=True), x), lambda x: (MaxPool2d(2, dilation=2), x),
-    lambda x: (MaxPool2d(2), x.contiguous(memory_format=torch.channels_last)),
-    lambda x: (MaxPool2d(2), x.transpose(2, 3)), lambda x: (MaxPool2d(2), x.to(torch.bfloat16)),
-])
-def test_other_max_pooling_settings_run_torchs(make):
-    x = torch.randn(2, 3, 7, 8, requires_grad=True)
-    pool, inp = make(x)
-    y = pool(inp)
-    assert not _max_kernel_used(y)
-    torch.testing.assert_close(y, nn.MaxPool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation,
-                                               ceil_mode=pool.ceil_mode)(inp), rtol=0, atol=0)
 
 
 def test_max_pooling_with_indices_and_without_the_library_is_torchs(monkeypatch):

@@ -263,7 +263,7 @@ struct DirectShape {
   }
 };
 
-// The elements of one work item: n membrane slots; slot j reads x[idx(j)] (an offset within the plane).
+// The elements of one work item: n membrane slots over a run of the plane (see direct_copy).
 struct DirectItem {
   int64_t b, c, first;  // first: element (no pool) or output row (pool) where the item starts
   int64_t n;            // slots

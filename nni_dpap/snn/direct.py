@@ -93,16 +93,12 @@ class _DirectFire(torch.autograd.Function):
         grad_k = 0.0
         if x.numel():
             grad_k = ctx.lib.nni_dpap_direct_backward(
-                fused.DTYPE_CODES[x.dtype], grad_y.data_ptr(), x.data_ptr(), _ptr(gate), grad_x.data_ptr(), cfg.T,
+                fused.DTYPE_CODES[x.dtype], grad_y.data_ptr(), x.data_ptr(), fused._ptr(gate), grad_x.data_ptr(), cfg.T,
                 B, C, S, H, W, ctx.k_value, cfg.v_threshold, cfg.v_reset, int(ctx.mul),
                 int(cfg.surrogate == "sigmoid"), cfg.alpha, int(cfg.detach_reset), int(want_k),
                 fused.threads_for(x.numel() * cfg.T))
         grad_k_tensor = torch.tensor(grad_k, dtype=x.dtype) if want_k else None
         return (grad_x if ctx.needs_input_grad[0] else None), grad_k_tensor, None, None, None, None
-
-
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 def _dims(x: Tensor, pool: bool) -> tuple[int, int, int, int, int]:
@@ -117,8 +113,8 @@ def _forward(lib: ctypes.CDLL, x: Tensor, gate: Tensor | None, k: float, mul: bo
     shape = (cfg.T * B, C, H // 2, W // 2) if pool else (cfg.T * B, *x.shape[1:])
     y = x.new_empty(shape)
     if x.numel():
-        lib.nni_dpap_direct_forward(fused.DTYPE_CODES[x.dtype], x.data_ptr(), _ptr(gate), y.data_ptr(), cfg.T, B, C,
-                                    S, H, W, k, cfg.v_threshold, cfg.v_reset, int(mul),
+        lib.nni_dpap_direct_forward(fused.DTYPE_CODES[x.dtype], x.data_ptr(), fused._ptr(gate), y.data_ptr(), cfg.T,
+                                    B, C, S, H, W, k, cfg.v_threshold, cfg.v_reset, int(mul),
                                     fused.threads_for(x.numel() * cfg.T))
     return y
 

@@ -77,13 +77,26 @@ class _AvgPool2x2(torch.autograd.Function):
         return grad_x, None
 
 
-def is_2x2(pool: nn.AvgPool2d) -> bool:
-    """Whether ``pool`` is a 2x2 window with stride 2, no padding, floor mode and the default divisor."""
+def is_2x2(pool: nn.AvgPool2d | nn.MaxPool2d) -> bool:
+    """Whether ``pool`` is a 2x2 window with stride 2, no padding and floor mode, with the default divisor
+    (average) or no dilation and no indices returned (max): the case the kernels compute."""
     def pair(v: Any) -> tuple[Any, ...]:
         return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
-    return (pair(pool.kernel_size) == (2, 2) and pair(pool.stride) == (2, 2) and pair(pool.padding) == (0, 0)
-            and not pool.ceil_mode and pool.divisor_override is None)
+    if not (pair(pool.kernel_size) == (2, 2) and pair(pool.stride) == (2, 2) and pair(pool.padding) == (0, 0)
+            and not pool.ceil_mode):
+        return False
+    if isinstance(pool, nn.MaxPool2d):
+        return pair(pool.dilation) == (1, 1) and not pool.return_indices
+    return pool.divisor_override is None
+
+
+def _library_for(x: Tensor) -> Any:
+    """The kernel library if it can pool ``x`` (see the module docstring), else ``None``."""
+    if (not fused.plain_cpu_tensor(x) or x.numel() < MIN_ELEMENTS or x.dim() not in (3, 4) or not x.is_contiguous()
+            or min(x.shape[-2:]) < 2):  # (a plain tensor first: tracers' proxies cannot be compared)
+        return None  # (a window larger than the input: ATen raises the error that explains it)
+    return fused.library()
 
 
 def avg_pool2x2(x: Tensor) -> Tensor | None:
@@ -92,10 +105,7 @@ def avg_pool2x2(x: Tensor) -> Tensor | None:
     Returns ``None`` where the kernel does not apply (see the module docstring) or cannot be built;
     the caller then runs :func:`torch.nn.functional.avg_pool2d`.
     """
-    if (not fused.plain_cpu_tensor(x) or x.numel() < MIN_ELEMENTS or x.dim() not in (3, 4) or not x.is_contiguous()
-            or min(x.shape[-2:]) < 2):  # (a plain tensor first: tracers' proxies cannot be compared)
-        return None  # (a window larger than the input: ATen raises the error that explains it)
-    lib = fused.library()
+    lib = _library_for(x)
     if lib is None:
         return None
     return _AvgPool2x2.apply(x, lib) if _needs_graph(x) else _avg_forward(lib, x)
@@ -156,10 +166,7 @@ class _MaxPool2x2(torch.autograd.Function):
 
 def max_pool2x2(x: Tensor) -> Tensor | None:
     """``max_pool2d(x, 2)`` with the kernel, or ``None`` where it does not apply (see :func:`avg_pool2x2`)."""
-    if (not fused.plain_cpu_tensor(x) or x.numel() < MIN_ELEMENTS or x.dim() not in (3, 4) or not x.is_contiguous()
-            or min(x.shape[-2:]) < 2):  # (a plain tensor first: tracers' proxies cannot be compared)
-        return None
-    lib = fused.library()
+    lib = _library_for(x)
     if lib is None:
         return None
     return _MaxPool2x2.apply(x, lib) if _needs_graph(x) else _max_forward(lib, x)[0]
@@ -177,15 +184,8 @@ class MaxPool2d(nn.MaxPool2d):
               [13., 15.]]]])
     """
 
-    def _is_2x2(self) -> bool:
-        def pair(v: Any) -> tuple[Any, ...]:
-            return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-        return (pair(self.kernel_size) == (2, 2) and pair(self.stride) == (2, 2) and pair(self.padding) == (0, 0)
-                and pair(self.dilation) == (1, 1) and not self.ceil_mode and not self.return_indices)
-
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's parameter name
-        if self._is_2x2():
+        if is_2x2(self):
             out = max_pool2x2(input)
             if out is not None:
                 return out
