@@ -113,6 +113,20 @@ def test_parallel_path_matches_one_thread():
     torch.testing.assert_close(gw1, gw2, rtol=1e-6, atol=1e-6)  # summed in a fixed order (identical in practice)
 
 
+def test_backward_fills_no_zero_gradient_for_h():
+    # H is a non-differentiable output: autograd must not materialise a zero dL/dH of x's size for backward
+    x = torch.randn(4 * 2, 3, 5, 5, requires_grad=True)
+    grad_out = torch.randn(x.shape)
+    cfg = fused.FusedConfig(4, 1.0, 0.0, True, "atan", 2.0, 2.0)
+    with torch.profiler.profile() as prof:
+        spikes, _ = fused.lif_multi_step(x, cfg)
+        spikes.backward(grad_out)
+    ops = {event.key for event in prof.key_averages()}
+    assert "_FusedLIFBackward" in ops
+    assert not ops & {"aten::fill_", "aten::zero_", "aten::zeros", "aten::zeros_like"}, ops
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
 def test_grad_of_w_alone_no_grad_and_odd_layouts():
     gen = torch.Generator().manual_seed(4)
     ref, fast = _pair(PLIFNeuron, "atan", False, True, 0.0, 5)

@@ -36,8 +36,7 @@ Why this backend (measured on 2 CPU cores, the paper's MNIST SNN at T = 8, batch
   recompilation for new shapes, T, flags or dtypes, which are runtime arguments), no ninja, no Python
   headers, no torch headers, nothing to install.
 * ``cpp_extension.load_inline``: same speed; torch headers and pybind11 (~40-60 s cold compile), ninja.
-* ``torch.compile`` (inductor) of the loop: competitive kernels, but one 10-30 s compilation per (T,
-  neuron, surrogate, reset, mask, dtype) and graph: far too slow for a suite building dozens of SNNs.
+* ``torch.compile`` (inductor) of the loop: good kernels, but a 10-30 s compilation per T, neuron, graph...
 * TorchScript: no fusion on CPU (NNC is off by default there), so it only trims Python overhead.
 
 Where the kernel does not apply, :class:`~nni_dpap.snn.neurons.BaseNeuron` silently runs the Python
@@ -345,7 +344,8 @@ class _FusedLIF(torch.autograd.Function):
         k_value = float(k) if mul else float(cfg.tau)  # type: ignore[arg-type]
         s, h = _forward(lib, x, gate, k_value, mul, cfg, write_h=True)
         assert h is not None
-        ctx.mark_non_differentiable(h)
+        ctx.mark_non_differentiable(h)  # and not materialised: autograd would fill a zero tensor of x's size for it
+        ctx.set_materialize_grads(False)
         grad_k = mul and ctx.needs_input_grad[1]
         ctx.save_for_backward(h, x if grad_k else None, gate)
         ctx.cfg, ctx.lib, ctx.k_value, ctx.mul = cfg, lib, k_value, mul
