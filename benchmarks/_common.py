@@ -122,8 +122,11 @@ def workloads(quick: bool) -> dict[str, dict[str, Any]]:
 
 
 def dpap_train(work: dict[str, Any], device: torch.device, seed: int = 0, shrink_every: int | None = None,
-               hparams: dict[str, Any] | None = None):
-    """Train ``work``'s model with DPAP (the demo settings); returns (model, masks, seconds, pruner)."""
+               hparams: dict[str, Any] | None = None, epoch_seconds: list[float] | None = None):
+    """Train ``work``'s model with DPAP (the demo settings); returns (model, masks, seconds, pruner).
+
+    ``epoch_seconds`` (a list) receives the wall-clock of every epoch's training loop.
+    """
     import nni
     from nni.compression import TorchEvaluator
 
@@ -133,7 +136,7 @@ def dpap_train(work: dict[str, Any], device: torch.device, seed: int = 0, shrink
     train_loader, _ = work["loaders"](seed)
     seed_everything(seed)
     model = work["build"]().to(device)
-    train = training_function(train_loader, device)
+    train = training_function(train_loader, device, epoch_seconds)
     evaluator = TorchEvaluator(train, nni.trace(torch.optim.Adam)(model.parameters(), lr=work["lr"]),
                                classification_step, dummy_input=torch.rand(2, *work["input"], device=device))
     pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=work["epochs"],
@@ -147,12 +150,17 @@ def dpap_train(work: dict[str, Any], device: torch.device, seed: int = 0, shrink
     return model, masks, seconds, pruner
 
 
-def training_function(loader: Any, device: torch.device):
-    """An NNI-style training function over ``loader``, moving batches to ``device``."""
+def training_function(loader: Any, device: torch.device, epoch_seconds: list[float] | None = None):
+    """An NNI-style training function over ``loader``, moving batches to ``device``.
+
+    ``epoch_seconds`` (a list) receives the wall-clock of every epoch's loop (DPAP's epoch-end work, which
+    NNI's hooks run at the last batch, included).
+    """
     def training(model, optimizer, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
         steps = 0
         for _ in range(max_epochs or 1):
             model.train()
+            start = time.perf_counter()
             for x, y in loader:
                 x, y = x.to(device), y.to(device)
                 loss = training_step((x, y), model)
@@ -162,4 +170,7 @@ def training_function(loader: Any, device: torch.device):
                 steps += 1
                 if max_steps is not None and steps >= max_steps:
                     return
+            if epoch_seconds is not None:
+                sync(device)
+                epoch_seconds.append(time.perf_counter() - start)
     return training

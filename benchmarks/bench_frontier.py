@@ -14,9 +14,11 @@ For every net and seed:
   single weights (the most flexible granularity), so they are matched on fine-grained
   masks against DPAP's channels, neurons and synapses.
 * the same points with DPAP's own, structured granularity: ``l1_channel`` (L1NormPruner
-  on whole output channels / neurons + fine-tuning) and ``taylor_channel`` (TaylorPruner,
-  Molchanov et al.'s channel criterion), each layer keeping as many weights as DPAP's
-  layer, by whole units (the layer's inputs shrink with its upstream layer's units).
+  on whole output channels / neurons + fine-tuning), ``taylor_channel`` (TaylorPruner,
+  Molchanov et al.'s channel criterion) and ``movement_channel`` (MovementPruner with one
+  score per output unit, trained from the initial weights on the same schedule), each
+  layer keeping as many weights as DPAP's layer, by whole units (the layer's inputs shrink
+  with its upstream layer's units).
 
 Every run sees the same batches in the same order: epoch ``e`` of seed ``s`` is the
 permutation drawn from a generator seeded with ``(s, e)``, whichever run asks for it.
@@ -63,8 +65,9 @@ from nni_dpap.training import classification_step, evaluate_accuracy
 
 MATCH_FROM = 0.70  # baselines are matched where DPAP removes at least this much
 #: NNI's pruners matched to DPAP: single weights (``l1_finetune``, ``taylor``, ``movement``) and whole output
-#: units, DPAP's own granularity (``l1_channel``: L1NormPruner + fine-tuning, ``taylor_channel``: TaylorPruner)
-BASELINES = ("l1_finetune", "taylor", "movement", "l1_channel", "taylor_channel")
+#: units, DPAP's own granularity (``l1_channel``: L1NormPruner + fine-tuning, ``taylor_channel``: TaylorPruner,
+#: ``movement_channel``: MovementPruner with one learned score per output unit)
+BASELINES = ("l1_finetune", "taylor", "movement", "l1_channel", "taylor_channel", "movement_channel")
 
 
 @dataclass(frozen=True)
@@ -300,12 +303,13 @@ class Seed:
             model, fine_tune, classification_step, None, None, self.epochs - half - 1)
         return self._finish(pruner, model), accuracies
 
-    def movement(self, target: dict[str, dict[str, int]]) -> tuple[nn.Module, list[float]]:
+    def movement(self, target: dict[str, dict[str, int]], structured: bool = False) -> tuple[nn.Module, list[float]]:
         model, accuracies = self._model(), []
         evaluator = TorchEvaluator(training_function(self.batches, 0, self._recorder(accuracies)),
                                    _adam(model, self.net.lr), classification_step)
         steps = self.batches.steps
-        pruner = MovementPruner(model, self._config(target), evaluator, warmup_step=steps,
+        config = self._channel_config(target) if structured else self._config(target)
+        pruner = MovementPruner(model, config, evaluator, warmup_step=steps,
                                 cooldown_begin_step=max(int(0.75 * self.epochs * steps), steps + 1))
         pruner.compress(self.epochs * steps, self.epochs)
         return self._finish(pruner, model), accuracies
@@ -357,18 +361,16 @@ def run_seed(name: str, net: Net, seed: int, device: torch.device, quick: bool, 
         for method in BASELINES:
             if (method, point) in have:
                 continue
-            _, dense_acc, snapshot = dense_run()
-            half = dense_acc[:run.epochs // 2]  # L1 and Taylor continue the dense run: its first half is theirs
-            start = time.perf_counter()
             structured = method.endswith("_channel")
-            if method.startswith("l1_"):
-                model, accuracies = run.l1_finetune(snapshot, target, structured)
-            elif method.startswith("taylor"):
-                model, accuracies = run.taylor(snapshot, target, structured)
-            else:
-                model, accuracies = run.movement(target)
-            if method != "movement":
-                accuracies = half + accuracies
+            if method.startswith("movement"):  # from the initial weights, like DPAP
+                start = time.perf_counter()
+                model, accuracies = run.movement(target, structured)
+            else:  # L1 and Taylor continue the dense run: its first half is theirs
+                _, dense_acc, snapshot = dense_run()
+                start = time.perf_counter()
+                prune = run.l1_finetune if method.startswith("l1_") else run.taylor
+                model, accuracies = prune(snapshot, target, structured)
+                accuracies = dense_acc[:run.epochs // 2] + accuracies
             write(_record(name, method, point, seed, model, accuracies, run, dense_best, time.perf_counter() - start))
 
 
@@ -427,7 +429,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     nets = list(dict.fromkeys(r["net"] for r in records))
     fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.2), squeeze=False)
     markers = {"dpap": ("o", "C0"), "l1_finetune": ("s", "C1"), "taylor": ("^", "C2"), "movement": ("v", "C3"),
-               "l1_channel": ("D", "C4"), "taylor_channel": ("P", "C5"), "dense": ("*", "k")}
+               "l1_channel": ("D", "C4"), "taylor_channel": ("P", "C5"), "movement_channel": ("X", "C6"),
+               "dense": ("*", "k")}
     for ax, net in zip(axes[0], nets):
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in records:

@@ -4,7 +4,9 @@ Same network, seed, epochs and batches; wall-clock of the whole training (DPAP's
 statistics, survival updates and, with shrinking, the physical removal included). Two
 rounds of the three runs, the order reversed in the second; the faster run of each
 method counts (a busy spell of the machine only ever adds time).
-The target is shrinking <= 0.6 x dense training time.
+The target is shrinking <= 0.6 x dense training time. Where the time goes: the epochs of the
+shrinking run against the dense run's same epochs, split at the default schedule's pruning
+start and stop (before pruning the net is dense; after the stop its structure is final).
 
     python benchmarks/bench_training_time.py
 """
@@ -16,8 +18,17 @@ import time
 import torch
 from _common import dpap_train, parser, save, setup, sync, training_function, workloads
 
+from nni_dpap.policy.defaults import CALIBRATIONS
 from nni_dpap.report import format_table
 from nni_dpap.training import classification_step, evaluate_accuracy, seed_everything
+
+
+def phase_ratios(shrunk: list[float], dense: list[float]) -> list[float]:
+    """Time of the shrinking run / the dense run's over the epochs before, during and after the pruning window."""
+    defaults, epochs = CALIBRATIONS["braincog"], len(dense)
+    start = max(1, round(defaults["conv_start_epoch"] * epochs))
+    stop = min(epochs - 1, max(start + 1, round(defaults["conv_stop_epoch"] * epochs)))
+    return [sum(shrunk[a:b]) / sum(dense[a:b]) for a, b in ((0, start), (start, stop), (stop, epochs))]
 
 
 def main() -> None:
@@ -31,13 +42,15 @@ def main() -> None:
         training_function(train_loader, device)(warm, torch.optim.Adam(warm.parameters()), classification_step, None,
                                              20, 1)
         times: dict[str, list[float]] = {"dense": [], "masked": [], "shrunk": []}
+        epochs_s: dict[str, list[list[float]]] = {"dense": [], "shrunk": []}  # per run, per epoch
         for round_ in range(1 if quick else 2):  # whole runs in turns, the order reversed in the second round
             order = ["dense", "masked", "shrunk"] if round_ % 2 == 0 else ["shrunk", "masked", "dense"]
             for method in order:
                 if method == "dense":
                     seed_everything(0)
                     dense = work["build"]().to(device)
-                    train = training_function(work["loaders"](0)[0], device)
+                    epochs_s["dense"].append([])
+                    train = training_function(work["loaders"](0)[0], device, epochs_s["dense"][-1])
                     sync(device)
                     start = time.perf_counter()
                     train(dense, torch.optim.Adam(dense.parameters(), lr=work["lr"]), classification_step, None,
@@ -48,22 +61,29 @@ def main() -> None:
                     masked, _, seconds, _ = dpap_train(work, device)
                     times["masked"].append(seconds)
                 else:
-                    shrunk, _, seconds, pruner = dpap_train(work, device, shrink_every=1)
+                    epochs_s["shrunk"].append([])
+                    shrunk, _, seconds, pruner = dpap_train(work, device, shrink_every=1,
+                                                            epoch_seconds=epochs_s["shrunk"][-1])
                     times["shrunk"].append(seconds)
         dense_s, masked_s, shrunk_s = (min(times[k]) for k in ("dense", "masked", "shrunk"))
+        fastest = {k: epochs_s[k][times[k].index(min(times[k]))] for k in epochs_s}
+        phases = phase_ratios(fastest["shrunk"], fastest["dense"])
         dense_acc = evaluate_accuracy(dense.cpu(), test_loader)
         entry = {"epochs": work["epochs"], "runs_s": times, "dense_s": dense_s, "dpap_s": masked_s,
                  "dpap_shrink_s": shrunk_s,
-                 "shrinks": pruner.shrinks, "dense_acc": dense_acc,
+                 "shrinks": pruner.shrinks, "dense_acc": dense_acc, "epoch_s": fastest,
+                 "phase_ratios_before_during_after_pruning": phases,
                  "dpap_acc": evaluate_accuracy(masked.cpu(), test_loader),
                  "dpap_shrink_acc": evaluate_accuracy(shrunk.cpu(), test_loader)}
         data[name] = entry
         rows.append([name, work["epochs"], f"{dense_s:.1f}", f"{masked_s:.1f} ({masked_s / dense_s:.2f}x)",
-                     f"{shrunk_s:.1f} ({shrunk_s / dense_s:.2f}x)", pruner.shrinks,
+                     f"{shrunk_s:.1f} ({shrunk_s / dense_s:.2f}x)", " / ".join(f"{r:.2f}x" for r in phases),
+                     pruner.shrinks,
                      f"{dense_acc:.2%} / {entry['dpap_acc']:.2%} / {entry['dpap_shrink_acc']:.2%}"])
         print(f"{name}: dense {dense_s:.1f}s, DPAP {masked_s:.1f}s, DPAP+shrink {shrunk_s:.1f}s", flush=True)
     table = format_table(rows, ["network", "epochs", "dense s", "DPAP s (vs dense)", "DPAP + shrink s (vs dense)",
-                                "shrinks", "accuracy dense / DPAP / DPAP+shrink"])
+                                "shrink vs dense: before / during / after pruning", "shrinks",
+                                "accuracy dense / DPAP / DPAP+shrink"])
     save("training_time", args, {"results": data}, [(f"training wall-clock, {args.device}, {args.threads} threads",
                                                       table)])
 

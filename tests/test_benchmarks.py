@@ -23,7 +23,23 @@ def test_benchmark_script_quick_run(tmp_path, script, name):
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / f"{name}.json").read_text())
     assert data["meta"]["quick"] is True and data["meta"]["benchmark"] == name
+    if name == "training_time":  # every epoch of the fastest dense and shrinking runs is timed
+        for entry in data["results"].values():
+            assert len(entry["epoch_s"]["dense"]) == len(entry["epoch_s"]["shrunk"]) == entry["epochs"]
+            assert len(entry["phase_ratios_before_during_after_pruning"]) == 3
     assert (tmp_path / f"{name}.md").read_text().count("|") > 10
+
+
+def test_training_time_phases_split_at_the_default_schedule():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_training_time import phase_ratios
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    dense = [1.0] * 20
+    shrunk = [1.0] * 4 + [0.5] * 11 + [0.25] * 5  # pruning from epoch 4 (0.2 x 20) to 15 (0.75 x 20)
+    assert phase_ratios(shrunk, dense) == pytest.approx([1.0, 0.5, 0.25], abs=1e-9)
+    assert phase_ratios([2.0] * 5, [1.0] * 5) == pytest.approx([2.0] * 3, abs=1e-9)  # short runs: no empty phase
 
 
 @pytest.mark.slow
@@ -34,7 +50,8 @@ def test_frontier_quick_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads((tmp_path / "frontier_quick.json").read_text())
     methods = {r["method"] for r in records}
-    assert {"dense", "dpap_default", "l1_finetune", "taylor", "movement", "l1_channel", "taylor_channel"} <= methods
+    assert {"dense", "dpap_default", "l1_finetune", "taylor", "movement", "l1_channel", "taylor_channel",
+            "movement_channel"} <= methods
     for record in records:
         assert set(record) >= {"net", "method", "point", "seed", "params_removed", "accuracy"}
         assert record["net"] == "digits_ann" and 0.0 <= record["params_removed"] < 1.0
@@ -42,7 +59,7 @@ def test_frontier_quick_run(tmp_path):
         dpap = next(r for r in records if r["method"] == f"dpap_{point}")
         l1 = next(r for r in records if r["method"] == "l1_finetune" and r["point"] == point)
         assert abs(dpap["params_removed"] - l1["params_removed"]) < 0.01
-        for method in ("l1_channel", "taylor_channel"):  # whole units: as close as unit sizes allow
+        for method in ("l1_channel", "taylor_channel", "movement_channel"):  # whole units: as close as unit sizes allow
             channel = next(r for r in records if r["method"] == method and r["point"] == point)
             assert abs(dpap["params_removed"] - channel["params_removed"]) < 0.03
     assert (tmp_path / "frontier_quick.png").stat().st_size > 10_000
