@@ -32,6 +32,8 @@ class SignalCollector:
                  neurons: Iterable[tuple[nn.Module, NeuronAdapter]]) -> None:
         self.layers, self.modules, self.neurons = layers, modules, list(neurons)
         self._call_counts: dict[int, int] = defaultdict(int)
+        #: Whether the layer hooks record signals (off once the structure is final; neurons are still reset)
+        self.collecting = True
 
     def commit(self) -> None:
         """Fold the pending calls of the last batch into the statistics."""
@@ -58,15 +60,16 @@ class SignalCollector:
         for neuron, adapter in self.neurons:  # state is reset between batches without user action
             adapter.reset(neuron)
 
-    @staticmethod
-    def _pre_hook(layer: LayerState) -> Callable[..., None]:
+    def _pre_hook(self, layer: LayerState) -> Callable[..., None]:
         def collect_pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if module.training and args and isinstance(args[0], Tensor):
+            if self.collecting and module.training and args and isinstance(args[0], Tensor):
                 layer.stats.add_pre(layer.pre_rows(args[0]))
         return collect_pre
 
     def _post_hook(self, entries: list[_Reader]) -> Callable[..., None]:
         def collect_post(module: nn.Module, args: Any, output: Any) -> None:
+            if not self.collecting:
+                return
             index = self._call_counts[id(module)]
             self._call_counts[id(module)] = index + 1
             if not module.training:

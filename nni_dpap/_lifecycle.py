@@ -18,7 +18,7 @@ from .errors import ConfigError
 
 DPAPPruner = Any  # nni_dpap.pruner.DPAPPruner (not imported: the pruner imports this module)
 
-__all__ = ["check_shrinking", "before_training", "after_training", "lean_forwards", "shrink_due"]
+__all__ = ["check_shrinking", "before_training", "after_training", "lean_forwards", "shrink_due", "update_structure"]
 
 _logger = logging.getLogger(__name__)
 _STEP_MISMATCH = ("the training function made %d optimizer steps, but epochs * steps_per_epoch = %d * %d = %d: "
@@ -43,6 +43,7 @@ def check_shrinking(model: nn.Module, shrink_every: Any, dummy_input: Any) -> in
 def before_training(pruner: DPAPPruner) -> None:
     """Data-parallel thresholds; refuse ``shrink_every`` when other compressors share the model (NNI fusion)."""
     pruner._epoch_clock = time.perf_counter()
+    pruner._collector.collecting = pruner.current_epoch < pruner.dpap_config.final_epoch(pruner.temporal)
     if world_size() > 1:  # data-parallel: the thresholds follow the mean over the ranks, batch by batch (a
         for layer in pruner._layers.values():  # deferred flush would all-reduce wherever one rank reads its stats)
             layer.stats.batch_mean, layer.stats.flush_every = mean_over_ranks, 1
@@ -86,3 +87,25 @@ def shrink_due(pruner: DPAPPruner) -> bool:
         return False
     return pruner.shrink_policy.pays(removable_fraction(pruner._layers.values()), now - started,
                                      pruner.epochs - pruner.current_epoch - 1)
+
+
+def update_structure(pruner: DPAPPruner) -> None:
+    """At the end of an epoch: survival update and new masks, unless the structure is already final.
+
+    Once no rule will update a survival value (every ``stop_epoch`` passed,
+    :meth:`~nni_dpap.policy.DPAPConfig.final_epoch`), the statistics, their epoch-end products and the
+    update are skipped, and the hooks stop recording for the rest of the run (their results could no
+    longer change anything): the last part of training runs at the plain model's cost.
+    """
+    final = pruner.dpap_config.final_epoch(pruner.temporal)
+    if pruner.current_epoch < final:
+        kept_before = {n: int(layer.neuron_mask.sum()) for n, layer in pruner._layers.items()}
+        masks = pruner.generate_masks()
+        pruner.update_masks(masks)
+        pruner._pruned_since_shrink |= any(int(layer.neuron_mask.sum()) < kept_before[n]
+                                           for n, layer in pruner._layers.items())
+        masked = {name for name, targets in masks.items() if not all(bool(m.all()) for m in targets.values())}
+        if not masked <= pruner._masked:
+            pruner._masked |= masked
+            lean_forwards(pruner)  # (gradient masks for the newly masked wrappers)
+    pruner._collector.collecting = pruner.current_epoch + 1 < final

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ._collector import SignalCollector
 from ._fastwrap import FastForwards
-from ._lifecycle import after_training, before_training, check_shrinking, lean_forwards, shrink_due
+from ._lifecycle import after_training, before_training, check_shrinking, lean_forwards, shrink_due, update_structure
 from ._config_list import resolve_links
 from ._layers import LayerState, neuron_time_masks
 from ._nni import check_evaluator, check_model, evaluator_optimizers
@@ -228,14 +228,7 @@ class DPAPPruner(Pruner):
     # -- epoch boundary ------------------------------------------------------------------
     def _end_epoch(self) -> None:
         self._collector.commit()
-        kept_before = {n: int(lay.neuron_mask.sum()) for n, lay in self._layers.items()}
-        masks = self.generate_masks()
-        self.update_masks(masks)
-        self._pruned_since_shrink |= any(int(lay.neuron_mask.sum()) < kept_before[n] for n, lay in self._layers.items())
-        masked = {name for name, targets in masks.items() if not all(bool(m.all()) for m in targets.values())}
-        if not masked <= self._masked:
-            self._masked |= masked
-            lean_forwards(self)  # (gradient masks for the newly masked wrappers)
+        update_structure(self)
         for layer in self._layers.values():
             layer.stats.end_epoch()
         self._refresh_masks(update=False)

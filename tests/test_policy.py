@@ -123,6 +123,12 @@ def test_stop_epoch_ends_pruning_and_resolves_relative():
     resolved = get_preset("braincog", relative_schedule=True, conv_eta=0.2, conv_start_epoch=0.2,
                           conv_stop_epoch=0.75, linear_eta=0.2, linear_start_epoch=0.2).resolve(40)
     assert (resolved.conv.start_epoch, resolved.conv.stop_epoch, resolved.linear.stop_epoch) == (8, 30, None)
+    assert resolved.final_epoch() == math.inf  # linear pruning never stops
+    both = resolved.with_params(linear_stop_epoch=25)
+    assert both.final_epoch() == 30 and both.final_epoch(temporal=True) == 30  # time falls back to the kinds' rules
+    assert both.with_params(time_eps=1.0, time_bonus=0.0, time_eta=5.0, time_stop_epoch=35).final_epoch(True) == 35
+    endless_time = both.with_params(time_eps=1.0, time_bonus=0.0, time_eta=5.0, time_stop_epoch=None)
+    assert endless_time.final_epoch(True) == math.inf and endless_time.final_epoch(False) == 30
     with pytest.raises(ConfigError, match="stop_epoch .* must come after start_epoch"):
         SurvivalRule(eps=1.0, bonus=1.0, eta=1.0, start_epoch=5, stop_epoch=5)
     with pytest.raises(ConfigError, match="stop_epoch in"):

@@ -90,6 +90,56 @@ def test_ann_end_to_end_with_exclusion(tiny_ann, make_evaluator, digits):
     assert evaluate_accuracy(model, digits[1]) > 0.7
 
 
+def _run_recording_statistics(hparams, monkeypatch, final_epoch=None):
+    """A 4-epoch TinySNN run (fresh, seeded batches) and the epochs in which the layer statistics got rows."""
+    from conftest import TinySNN
+
+    from nni_dpap.data import digits_loaders
+    from nni_dpap.metrics import LayerStatistics
+    from nni_dpap.policy import DPAPConfig
+
+    train_loader, _ = digits_loaders(batch_size=64, seed=0)
+    torch.manual_seed(0)
+    model = TinySNN()
+    evaluator = TorchEvaluator(make_training_func(train_loader, progress=False),
+                               nni.trace(torch.optim.Adam)(model.parameters(), lr=3e-3), classification_step)
+    pruner = DPAPPruner(model, CONFIG, evaluator, epochs=4, steps_per_epoch=len(train_loader), hparams=hparams)
+    epochs_seen: list[int] = []
+    add_pre = LayerStatistics.add_pre
+
+    def spy(stats, chunk):
+        epochs_seen.append(pruner.current_epoch)
+        add_pre(stats, chunk)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LayerStatistics, "add_pre", spy)
+        if final_epoch is not None:
+            patch.setattr(DPAPConfig, "final_epoch", lambda self, temporal=False: final_epoch)
+        model, masks = pruner.compress()
+    pruner.unwrap_model()
+    return model, masks, sorted(set(epochs_seen)), pruner
+
+
+def test_statistics_stop_once_the_structure_is_final(monkeypatch):
+    hparams = dict(FAST, conv_stop_epoch=0.5, linear_stop_epoch=0.5)  # 4 epochs: epochs 0 and 1 update F
+    model, masks, seen, pruner = _run_recording_statistics(hparams, monkeypatch)
+    assert pruner.dpap_config.final_epoch() == 2 and seen == [0, 1]
+    assert not pruner._collector.collecting
+    # the same run recording statistics to the end: the same structure and weights (recording changes nothing)
+    ref_model, ref_masks, ref_seen, ref = _run_recording_statistics(hparams, monkeypatch, final_epoch=float("inf"))
+    assert ref_seen == [0, 1, 2, 3]
+    assert any(not bool(m.all()) for targets in masks.values() for m in targets.values())  # something was pruned
+    for name, targets in ref_masks.items():
+        for target, mask in targets.items():
+            torch.testing.assert_close(masks[name][target], mask, rtol=0, atol=1e-5)
+    for (name, param), ref_param in zip(model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(param, ref_param, rtol=1e-5, atol=1e-5, msg=name)
+    assert [h["epoch"] for h in pruner.history] == [h["epoch"] for h in ref.history] == [0, 1, 2, 3]
+    # pruning that never stops records to the end
+    _, _, seen, _ = _run_recording_statistics(dict(FAST, conv_stop_epoch=None, linear_stop_epoch=None), monkeypatch)
+    assert seen == [0, 1, 2, 3]
+
+
 def _kept_weights(eps: float, make_evaluator, steps: int) -> int:
     torch.manual_seed(0)
     from conftest import TinyANN

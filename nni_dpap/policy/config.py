@@ -28,6 +28,7 @@ released CIFAR-10 SNN values so that the two presets differ only in the rule.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
@@ -162,6 +163,16 @@ class DPAPConfig:
             return self.time if self.time is not None else getattr(self, layer_kind)
         rule: SurvivalRule = getattr(self, kind)
         return rule
+
+    def final_epoch(self, temporal: bool = False) -> float:
+        """The first epoch whose statistics change no survival value (``inf`` if pruning never stops).
+
+        From then on the structure is final and DPAP needs no statistics; absolute schedule
+        (after :meth:`resolve`).
+        """
+        rules = [self.conv, self.linear] + ([self.time] if temporal and self.time is not None else [])
+        stops = [math.inf if rule.stop_epoch is None else float(rule.stop_epoch) for rule in rules]
+        return max(stops)
 
     @staticmethod
     def unit_group(unit: Unit, layer_kind: Literal["conv", "linear"]) -> str:
