@@ -169,8 +169,10 @@ def training_function(loader: Any, device: torch.device, epoch_seconds: list[flo
                 optimizer.step()
                 steps += 1
                 if max_steps is not None and steps >= max_steps:
-                    return
+                    break
             if epoch_seconds is not None:
                 sync(device)
                 epoch_seconds.append(time.perf_counter() - start)
+            if max_steps is not None and steps >= max_steps:
+                return
     return training

@@ -446,15 +446,29 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
         removed = [100 * r["params_removed"] for rs in groups.values() for r in rs]
         if removed:
             ax.set_xlim(max(0.0, min(removed) - 3), min(100.0, max(removed) + 2))
+        # the y axis spans the DPAP points and 3 points below them; a collapsed baseline is drawn on the
+        # lower edge with its mean written next to it (else it squeezes every other point into one line)
+        dpap_means = [statistics.fmean(r["accuracy"] for r in rs)
+                      for (m, _), rs in groups.items() if m.startswith("dpap")]
+        floor = min(dpap_means, default=0.0) - 3.0
+        collapsed = 0
         for (method, _point), rs in groups.items():
             family = "dpap" if method.startswith("dpap") else method
             marker, colour = markers[family]
             x = [100 * r["params_removed"] for r in rs]
             y = [r["accuracy"] for r in rs]
-            ax.errorbar(statistics.fmean(x), statistics.fmean(y), yerr=statistics.stdev(y) if len(y) > 1 else 0,
-                        xerr=statistics.stdev(x) if len(x) > 1 else 0, fmt=marker, color=colour, capsize=3,
-                        label=None if family in labelled else {"dpap": "DPAP"}.get(family, family))
+            label = None if family in labelled else {"dpap": "DPAP"}.get(family, family)
             labelled.add(family)
+            if statistics.fmean(y) < floor:
+                ax.plot(statistics.fmean(x), floor + 0.15, marker=marker, color=colour, ls="none", label=label)
+                ax.annotate(f"{statistics.fmean(y):.1f}", (statistics.fmean(x), floor + 0.15), color=colour, fontsize=7,
+                            xytext=(5, 2 + 9 * collapsed), textcoords="offset points")
+                collapsed += 1
+                continue
+            ax.errorbar(statistics.fmean(x), statistics.fmean(y), yerr=statistics.stdev(y) if len(y) > 1 else 0,
+                        xerr=statistics.stdev(x) if len(x) > 1 else 0, fmt=marker, color=colour, capsize=3, label=label)
+        if dpap_means:
+            ax.set_ylim(bottom=floor)
         ax.set_title(net)
         ax.set_xlabel("prunable parameters removed (%)")
         ax.set_ylabel("test accuracy, mean of last 5 epochs (%)")

@@ -39,7 +39,8 @@ def test_training_time_phases_split_at_the_default_schedule():
     dense = [1.0] * 20
     shrunk = [1.0] * 4 + [0.5] * 11 + [0.25] * 5  # pruning from epoch 4 (0.2 x 20) to 15 (0.75 x 20)
     assert phase_ratios(shrunk, dense) == pytest.approx([1.0, 0.5, 0.25], abs=1e-9)
-    assert phase_ratios([2.0] * 5, [1.0] * 5) == pytest.approx([2.0] * 3, abs=1e-9)  # short runs: no empty phase
+    assert phase_ratios([2.0] * 5, [1.0] * 5) == pytest.approx([2.0] * 3, abs=1e-9)
+    assert phase_ratios([2.0, 1.0], [1.0, 1.0]) == [None, 1.5, None]  # 2 epochs: all inside the window
 
 
 @pytest.mark.slow

@@ -120,7 +120,7 @@ def test_dpap_with_nni_distillation_from_a_dense_teacher(digits):
 
     def recorded() -> torch.Tensor:
         loss = compute()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         return loss
 
     distiller.compute_distill_loss = recorded  # type: ignore[method-assign]
