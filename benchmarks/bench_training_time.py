@@ -6,8 +6,8 @@ rounds of the three runs, the order reversed every other round; the fastest run 
 method counts (a busy spell of the machine only ever adds time).
 The target is shrinking <= 0.6 x dense training time. Where the time goes: the epochs of the
 shrinking run against the dense run's same epochs (each epoch's fastest time over the rounds),
-split at the default schedule's pruning start and stop (before pruning the net is dense; after
-the stop its structure is final).
+split at the run's pruning start and stop (before pruning the net is dense; after the stop its
+structure is final).
 
     python benchmarks/bench_training_time.py
 """
@@ -19,19 +19,18 @@ import time
 import torch
 from _common import dpap_train, parser, save, setup, sync, training_function, workloads
 
-from nni_dpap.policy.defaults import CALIBRATIONS
 from nni_dpap.report import format_table
 from nni_dpap.training import classification_step, evaluate_accuracy, seed_everything
 
 
-def phase_ratios(shrunk: list[float], dense: list[float]) -> list[float | None]:
+def phase_ratios(shrunk: list[float], dense: list[float], start: int, stop: int | None) -> list[float | None]:
     """Time of the shrinking run / the dense run's over the epochs before, during and after the pruning window.
 
-    ``None`` for a phase without epochs (a very short run).
+    ``start`` and ``stop`` are the window's first and first-after epochs; ``None`` for a phase
+    without epochs (a very short run, or pruning that never stops).
     """
-    defaults, epochs = CALIBRATIONS["braincog"], len(dense)
-    start = round(defaults["conv_start_epoch"] * epochs)
-    stop = round(defaults["conv_stop_epoch"] * epochs)
+    epochs = len(dense)
+    stop = epochs if stop is None else min(stop, epochs)
     return [sum(shrunk[a:b]) / sum(dense[a:b]) if b > a else None for a, b in ((0, start), (start, stop),
                                                                                   (stop, epochs))]
 
@@ -73,7 +72,9 @@ def main() -> None:
         dense_s, masked_s, shrunk_s = (min(times[k]) for k in ("dense", "masked", "shrunk"))
         # each epoch's fastest time over the rounds (as for the totals: a busy spell only ever adds time)
         fastest = {k: [min(run[e] for run in runs) for e in range(len(runs[0]))] for k, runs in epochs_s.items()}
-        phases = phase_ratios(fastest["shrunk"], fastest["dense"])
+        window = pruner.dpap_config.conv  # (the library's defaults: the same window for FC layers)
+        phases = phase_ratios(fastest["shrunk"], fastest["dense"], int(window.start_epoch),
+                              None if window.stop_epoch is None else int(window.stop_epoch))
         dense_acc = evaluate_accuracy(dense.cpu(), test_loader)
         entry = {"epochs": work["epochs"], "runs_s": times, "dense_s": dense_s, "dpap_s": masked_s,
                  "dpap_shrink_s": shrunk_s,

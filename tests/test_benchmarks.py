@@ -30,17 +30,18 @@ def test_benchmark_script_quick_run(tmp_path, script, name):
     assert (tmp_path / f"{name}.md").read_text().count("|") > 10
 
 
-def test_training_time_phases_split_at_the_default_schedule():
+def test_training_time_phases_split_at_the_pruning_window():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         from bench_training_time import phase_ratios
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     dense = [1.0] * 20
-    shrunk = [1.0] * 4 + [0.5] * 11 + [0.25] * 5  # pruning from epoch 4 (0.2 x 20) to 15 (0.75 x 20)
-    assert phase_ratios(shrunk, dense) == pytest.approx([1.0, 0.5, 0.25], abs=1e-9)
-    assert phase_ratios([2.0] * 5, [1.0] * 5) == pytest.approx([2.0] * 3, abs=1e-9)
-    assert phase_ratios([2.0, 1.0], [1.0, 1.0]) == [None, 1.5, None]  # 2 epochs: all inside the window
+    shrunk = [1.0] * 4 + [0.5] * 11 + [0.25] * 5  # pruning from epoch 4 to 15
+    assert phase_ratios(shrunk, dense, 4, 15) == pytest.approx([1.0, 0.5, 0.25], abs=1e-9)
+    assert phase_ratios(shrunk, [2.0] * 20, 4, 15) == pytest.approx([0.5, 0.25, 0.125], abs=1e-9)
+    assert phase_ratios([2.0, 1.0], [1.0, 1.0], 0, 2) == [None, 1.5, None]  # 2 epochs: all inside the window
+    assert phase_ratios([2.0, 1.0], [1.0, 1.0], 1, None) == [2.0, 1.0, None]  # pruning never stops
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ Why this backend (measured on 2 CPU cores, the paper's MNIST SNN at T = 8, batch
   recompilation for new shapes, T, flags or dtypes, which are runtime arguments), no ninja, no Python
   headers, no torch headers, nothing to install.
 * ``cpp_extension.load_inline``: same speed; torch headers and pybind11 (~40-60 s cold compile), ninja.
-* ``torch.compile`` (inductor) of the loop: good kernels, but a 10-30 s compilation per T, neuron, graph...
+* ``torch.compile`` (inductor) of the loop: good kernels, but 10-30 s to compile per T, neuron, surrogate, dtype.
 * TorchScript: no fusion on CPU (NNC is off by default there), so it only trims Python overhead.
 
 Where the kernel does not apply, :class:`~nni_dpap.snn.neurons.BaseNeuron` silently runs the Python
