@@ -82,10 +82,11 @@ def shrink_due(pruner: DPAPPruner) -> bool:
     """At the end of an epoch: a shrink is scheduled, something new was pruned and the shrink pays."""
     now, started = time.perf_counter(), pruner._epoch_clock
     pruner._epoch_clock = now
+    seconds = pruner.shrink_policy.observe(now - started)  # (and calibrates the saving after a shrink)
     if pruner.shrink_every is None or (pruner.current_epoch + 1) % pruner.shrink_every or \
             not pruner._pruned_since_shrink:
         return False
-    return pruner.shrink_policy.pays(removable_fraction(pruner._layers.values()), now - started,
+    return pruner.shrink_policy.pays(removable_fraction(pruner._layers.values()), seconds,
                                      pruner.epochs - pruner.current_epoch - 1)
 
 

@@ -11,8 +11,8 @@ like its parameter (Adam/AdamW moments, SGD momentum) to the kept units.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -92,10 +92,15 @@ class ShrinkPolicy:
     """Whether a physical shrink pays for itself in wall-clock.
 
     A shrink costs about the same each time (tracing the model, NNI's re-wrapping, the
-    optimizer surgery), whatever it removes; it saves, on every epoch still to come, about
-    the share of the epoch that the removable units' weights account for. The first shrink
-    is always made (it measures the cost); later ones only when
-    ``removable x epoch_seconds x remaining_epochs >= last_cost``.
+    optimizer surgery), whatever it removes; it saves, on every epoch still to come, a share
+    of the epoch time. The first shrink is always made (it measures the cost); later ones
+    only when ``removable x epoch_seconds x remaining_epochs x efficiency >= last_cost``.
+    ``efficiency`` starts at 1 (an epoch's time in proportion to the weights) and is then
+    measured: the epoch after each shrink that removed at least :attr:`INFORMATIVE_SHARE` of
+    the weights is compared with the one before it (a smaller removal saves less than the
+    epochs' noise), so on a small net, whose step time is mostly fixed per-call overhead,
+    shrinks that would not pay stop. It never falls below :attr:`MIN_EFFICIENCY`, so one
+    unlucky measurement cannot stop every later shrink of a net where shrinking pays.
 
     Attributes
     ----------
@@ -106,20 +111,46 @@ class ShrinkPolicy:
     always
         Shrink whenever new units were pruned, paying or not (e.g. to end training with the
         smallest model; ``nni_dpap.speedup`` after training does the same at once).
+    efficiency
+        Mean, over the informative shrinks made, of the epoch time saved per unit of the
+        removable share (each clipped to [0, 1]; at least :attr:`MIN_EFFICIENCY`).
     """
+
+    INFORMATIVE_SHARE: ClassVar[float] = 0.1
+    MIN_EFFICIENCY: ClassVar[float] = 0.25
 
     last_cost: float | None = None
     skipped: int = 0
     always: bool = False
+    efficiency: float = 1.0
+    _pending: tuple[float, float] | None = None  # (epoch seconds before the last shrink, share it removed)
+    _measured: list[float] = field(default_factory=list)
 
     def pays(self, removable: float, epoch_seconds: float, remaining_epochs: int) -> bool:
         """Decide for a shrink that would remove ``removable`` (0..1) of the pruned layers' weights."""
         if removable <= 0.0:
             return False
-        if self.always or self.last_cost is None or removable * epoch_seconds * remaining_epochs >= self.last_cost:
+        saving = removable * epoch_seconds * remaining_epochs * self.efficiency
+        if self.always or self.last_cost is None or saving >= self.last_cost:
+            self._pending = (epoch_seconds, removable)
             return True
         self.skipped += 1
-        _logger.info("shrink skipped: it would save about %.2f s (%.1f%% of the weights x %.2f s x %d epochs), "
-                     "less than its cost of %.2f s", removable * epoch_seconds * remaining_epochs, 100 * removable,
-                     epoch_seconds, remaining_epochs, self.last_cost)
+        _logger.info("shrink skipped: it would save about %.2f s (%.1f%% of the weights x %.2f s x %d epochs x "
+                     "efficiency %.2f), less than its cost of %.2f s", saving, 100 * removable, epoch_seconds,
+                     remaining_epochs, self.efficiency, self.last_cost)
         return False
+
+    def observe(self, epoch_seconds: float) -> float:
+        """An epoch ended after ``epoch_seconds``; returns its time without the shrink made just before it.
+
+        After a shrink, the epoch is compared with the one before it to update ``efficiency``.
+        """
+        if self._pending is None:
+            return epoch_seconds
+        before, removed = self._pending
+        self._pending = None
+        clean = max(epoch_seconds - (self.last_cost or 0.0), 0.0)
+        if removed >= self.INFORMATIVE_SHARE and before > 0:
+            self._measured.append(min(1.0, max(0.0, (before - clean) / (before * removed))))
+            self.efficiency = max(self.MIN_EFFICIENCY, sum(self._measured) / len(self._measured))
+        return clean

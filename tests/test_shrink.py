@@ -134,6 +134,27 @@ def test_shrink_policy_weighs_saving_against_cost():
     assert policy.pays(0.001, 1.0, 0)
 
 
+def test_shrink_policy_learns_what_a_shrink_saves():
+    policy = ShrinkPolicy()
+    assert policy.observe(2.0) == 2.0 and policy.efficiency == 1.0  # no shrink before: nothing to learn
+    assert policy.pays(0.5, 2.0, 10)  # the first shrink is made (it measures the cost)
+    policy.last_cost = 0.4
+    # the next epoch took 2.0 s, 0.4 s of it the shrink: 1.6 s, 0.4 s saved for half of the weights removed
+    assert policy.observe(2.0) == pytest.approx(1.6)
+    assert policy.efficiency == pytest.approx(0.4)  # 0.4 s / (2.0 s x 0.5)
+    assert not policy.pays(0.1, 1.6, 5) and policy.skipped == 1  # 0.1 x 1.6 x 5 x 0.4 = 0.32 s < 0.4 s
+    assert policy.pays(0.5, 1.6, 5)  # 1.6 s >= 0.4 s
+    # slower than before the shrink: no saving; the mean 0.2 is held at the floor
+    assert policy.observe(2.7) == pytest.approx(2.3)
+    assert policy.efficiency == pytest.approx(ShrinkPolicy.MIN_EFFICIENCY)
+    assert policy.observe(2.7) == 2.7  # no shrink before this epoch
+    # a removal too small to measure (5%) leaves the estimate alone
+    assert policy.pays(0.05, 2.3, 100) and policy.observe(3.0) == pytest.approx(2.6)
+    assert policy.efficiency == pytest.approx(ShrinkPolicy.MIN_EFFICIENCY)
+    assert policy.pays(0.5, 2.6, 10) and policy.observe(1.7) == pytest.approx(1.3)  # 1.3 s saved: 1.0
+    assert policy.efficiency == pytest.approx((0.4 + 0.0 + 1.0) / 3)
+
+
 def test_a_shrink_that_does_not_pay_is_skipped(tiny_ann, make_evaluator, digits):
     pruner = DPAPPruner(tiny_ann, [{"op_types": ["Conv2d", "Linear"]}], make_evaluator(tiny_ann), epochs=4,
                         steps_per_epoch=len(digits[0]), hparams=FAST, shrink_every=1,
