@@ -122,9 +122,15 @@ class ShrinkPolicy:
     last_cost: float | None = None
     skipped: int = 0
     always: bool = False
-    efficiency: float = 1.0
     _pending: tuple[float, float] | None = None  # (epoch seconds before the last shrink, share it removed)
     _measured: list[float] = field(default_factory=list)
+
+    @property
+    def efficiency(self) -> float:
+        """See the class docstring (1 until a shrink has been measured)."""
+        if not self._measured:
+            return 1.0
+        return max(self.MIN_EFFICIENCY, sum(self._measured) / len(self._measured))
 
     def pays(self, removable: float, epoch_seconds: float, remaining_epochs: int) -> bool:
         """Decide for a shrink that would remove ``removable`` (0..1) of the pruned layers' weights."""
@@ -152,5 +158,4 @@ class ShrinkPolicy:
         clean = max(epoch_seconds - (self.last_cost or 0.0), 0.0)
         if removed >= self.INFORMATIVE_SHARE and before > 0:
             self._measured.append(min(1.0, max(0.0, (before - clean) / (before * removed))))
-            self.efficiency = max(self.MIN_EFFICIENCY, sum(self._measured) / len(self._measured))
         return clean
