@@ -89,6 +89,7 @@ class LayerState:
 
     def __post_init__(self) -> None:
         self._adapter: NeuronAdapter | None = None
+        self._mask_cache: tuple[tuple[Tensor | None, ...], tuple[Tensor, Tensor], tuple[int | None, ...]] | None = None
         self._weight_dim = self.weight.dim()  # (read on every forward; a shrink keeps the number of dims)
 
     # -- sizes and masks -------------------------------------------------------------
@@ -106,8 +107,13 @@ class LayerState:
         return self.units_built - self.n_out
 
     @property
+    def synapses_allowed(self) -> int:
+        """Synapses the layer's (shrunk) structure has: ``connectivity``'s ones."""
+        return int(self.connectivity.sum())
+
+    @property
     def removed_synapses(self) -> int:
-        return self.synapses_built - int(self.connectivity.sum())
+        return self.synapses_built - self.synapses_allowed
 
     @property
     def neuron_mask(self) -> Tensor:
@@ -116,21 +122,39 @@ class LayerState:
         A unit that lost every synapse (e.g. when only FC synapses are pruned) would emit ``f(bias)``
         whatever the input: it is gone with its bias, so the masked model is what physical removal keeps.
         """
-        mask = self.neurons.mask if self.neurons is not None else \
-            torch.ones(self.n_out, dtype=torch.bool, device=self.connectivity.device)
-        if self.synapses is not None:
-            mask = mask & self.synapse_mask.any(1)
-        return mask
+        return self._masks()[0]
 
     @property
     def synapse_mask(self) -> Tensor:
-        base = self.connectivity.bool()
-        return base & self.synapses.mask if self.synapses is not None else base
+        """The synapses that exist: allowed by the layer's structure and not pruned."""
+        return self._masks()[1]
+
+    def _masks(self) -> tuple[Tensor, Tensor]:
+        """``(neuron_mask, synapse_mask)``, recomputed only when a survival mask or the connectivity changed.
+
+        They are read a few times per layer at every epoch end (masks, importance, summary, shrink); the
+        sources are compared by identity and in-place version, and held, so that a new tensor at the
+        address of a freed one cannot pass for it.
+        """
+        sources = (self.connectivity, self.neurons.mask if self.neurons is not None else None,
+                   self.synapses.mask if self.synapses is not None else None)
+        versions = tuple(None if t is None else t._version for t in sources)
+        cached = self._mask_cache
+        if cached is None or cached[2] != versions or any(a is not b for a, b in zip(cached[0], sources)):
+            synapse = self.connectivity.bool()
+            if self.synapses is not None:
+                synapse = synapse & self.synapses.mask
+            neuron = self.neurons.mask if self.neurons is not None else \
+                torch.ones(self.n_out, dtype=torch.bool, device=self.connectivity.device)
+            if self.synapses is not None:
+                neuron = neuron & synapse.any(1)
+            cached = self._mask_cache = (sources, (neuron, synapse), versions)
+        return cached[1]
 
     @property
     def pruned(self) -> bool:
         """Whether any unit or allowed synapse of the layer is pruned."""
-        return not bool(self.neuron_mask.all()) or not bool(self.synapse_mask[self.connectivity.bool()].all())
+        return not bool(self.neuron_mask.all()) or bool(self.synapse_mask.sum() < self.synapses_allowed)
 
     def weight_mask(self, weight: Tensor) -> Tensor:
         """0/1 mask of ``weight`` (pruned neurons' rows and pruned synapses), in the weight's dtype."""
@@ -235,12 +259,12 @@ class LayerState:
     # -- reporting and persistence -------------------------------------------------------
     def summary(self, weight_mask: Tensor | None, weight_total: int) -> dict[str, int]:
         """Kept / total neurons (channels), synapses, weights and (temporal) steps."""
-        allowed = self.connectivity.bool()
+        neurons = self.neuron_mask
         out = {
-            "neurons_kept": int(self.neuron_mask.sum()),
+            "neurons_kept": int(neurons.sum()),
             "neurons_total": self.n_out,
-            "synapses_kept": int((self.synapse_mask & self.neuron_mask[:, None])[allowed].sum()),
-            "synapses_total": int(allowed.sum()),
+            "synapses_kept": int((self.synapse_mask & neurons[:, None]).sum()),  # (synapse_mask: allowed ones only)
+            "synapses_total": self.synapses_allowed,
             "weights_kept": int(weight_mask.count_nonzero()) if weight_mask is not None else weight_total,
             "weights_total": weight_total,
         }

@@ -105,14 +105,13 @@ class LayerStatistics:
         self.time: Tensor | None = None
         self._pre: list[Tensor] = []
         self._post: list[Tensor] = []
-        self._waiting: list[tuple[Tensor, Tensor]] = []  # (pre, post) [T, B, N] of batches not yet in BCM
+        self._waiting: list[tuple[Tensor, Tensor]] = []  # (pre, post) traces [B, N] of batches not yet in BCM
         # maps this process's batch mean of the post trace to the one the threshold should follow
         # (the mean over data-parallel ranks, see nni_dpap.distributed); identity by default
         self.batch_mean: Callable[[Tensor], Tensor] = lambda mean: mean
 
-    #: Batches whose signals wait for one batched trace and BCM update (:meth:`flush`): the same sums as one
-    #: update per batch, in one weighted sum and one matrix product instead of ``flush_every`` small ones (the
-    #: hooks' cost on small nets).
+    #: Batches whose traces wait for one batched BCM update (:meth:`flush`): the same sums as one update per
+    #: batch, in one matrix product instead of ``flush_every`` small ones (the hooks' cost on small nets).
     flush_every = 16
 
     #: The accumulated statistics; reading or replacing one first folds the waiting batches in.
@@ -151,33 +150,33 @@ class LayerStatistics:
         if not self._pre or not self._post:
             self.discard_pending()
             return False
-        pre = torch.cat([p.reshape(-1, self.n_in) for p in self._pre], 0)
-        post = torch.cat(self._post, 0)
+        # one chunk per batch in multi-step mode: no copy here, the traces below are fresh tensors
+        pre = self._pre[0] if len(self._pre) == 1 else torch.cat(self._pre, 0)
+        post = self._post[0] if len(self._post) == 1 else torch.cat(self._post, 0)
         self.discard_pending()
         steps, batch = post.shape[:2]
         if pre.shape[0] == batch and steps > 1:  # a static input (a layer before the direct encoder): every step
-            pre = pre.unsqueeze(0).expand(steps, batch, self.n_in).reshape(steps * batch, self.n_in)
-        if pre.shape[0] != steps * batch:
+            pre = pre.unsqueeze(0).expand(steps, batch, self.n_in)
+        elif pre.shape[0] != steps * batch:
             raise ShapeError(
                 f"pre- and postsynaptic signals of one batch disagree: {pre.shape[0]} input rows for {steps} time "
                 f"steps x {batch} samples; the neuron's T does not match the layer input"
             )
-        self._observe(pre.view(steps, batch, self.n_in), post)  # (both fresh tensors of torch.cat: no copy)
+        self._observe(pre.reshape(steps, batch, self.n_in), post)
         return True
 
     def observe(self, pre: Tensor, post: Tensor) -> None:
         """Accumulate one batch of sequences ``pre [T, B, n_in]``, ``post [T, B, n_out]``.
 
-        The signals are copied: a batch may wait for :meth:`flush` while the caller reuses its tensors.
+        Only the batch's traces wait for :meth:`flush` (fresh tensors): the caller may reuse its tensors.
         """
-        self._observe(pre.detach().float().clone(), post.detach().float().clone())
+        self._observe(pre.detach(), post.detach())
 
     def _observe(self, pre: Tensor, post: Tensor) -> None:
-        """:meth:`observe` of signals this object owns (nobody else writes to them)."""
-        if self._waiting and self._waiting[0][0].shape[0] != pre.shape[0]:
-            self.flush()  # (the traces of one flush are taken over one T)
-        # the traces (Eqs. 1-2) wait too: one weighted sum over all waiting batches at the flush
-        self._waiting.append((pre, post))
+        """:meth:`observe` of detached signals."""
+        # the batch's traces (Eqs. 1-2), [B, N]: T times less to keep than the signals, and fresh tensors (a
+        # signal may be a view of the layer's input); BCM and the thresholds wait for the flush
+        self._waiting.append((spike_trace(pre, self.tau), spike_trace(post, self.tau)))
         if len(self._waiting) >= self.flush_every:
             self.flush()
         if self.temporal:
@@ -200,9 +199,8 @@ class LayerStatistics:
             return
         pres, posts = zip(*self._waiting)
         self._waiting = []
-        sizes = [p.shape[1] for p in posts]
-        pre_rows = spike_trace(torch.cat(pres, 1), self.tau)  # [sum B, N_in]
-        post_rows = spike_trace(torch.cat(posts, 1), self.tau)  # [sum B, N_out]
+        sizes = [p.shape[0] for p in posts]
+        pre_rows, post_rows = torch.cat(pres), torch.cat(posts)  # traces [sum B, N_in], [sum B, N_out]
         uniform = len(set(sizes)) == 1
         if uniform:
             batch_means = post_rows.view(len(sizes), sizes[0], -1).mean(1)

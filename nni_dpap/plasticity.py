@@ -81,7 +81,8 @@ def spike_trace(x: Tensor, tau: float = 0.5, initial: Tensor | None = None) -> T
     steps = x.shape[0]
     if steps == 1 and initial is None:
         return x[0].clone()  # (a copy: x may be the layer's own input, and traces are kept for later)
-    trace: Tensor = torch.tensordot(_decay_weights(steps, tau, x.dtype, x.device), x, dims=1)
+    # (one matrix-vector product: tensordot's Python wrapper costs as much as the arithmetic here, per batch)
+    trace = (_decay_weights(steps, tau, x.dtype, x.device) @ x.reshape(steps, -1)).view(x.shape[1:])
     if initial is not None:
         trace = trace + tau ** steps * initial.float()
     return trace

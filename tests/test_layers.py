@@ -52,6 +52,22 @@ def test_a_unit_that_lost_every_synapse_is_gone_with_its_bias():
     assert layer.synapses is None and layer.neuron_mask.tolist() == [True] * 3
 
 
+def test_masks_follow_every_change_of_their_sources():
+    """The neuron and synapse masks are cached between changes: a replaced or in-place edited survival mask, or a
+    new connectivity, is seen at the next read."""
+    state = _state("linear")
+    assert state.neurons is not None and state.synapses is not None
+    assert state.neuron_mask.tolist() == [True] * 3 and state.neuron_mask is state.neuron_mask  # (cached)
+    state.neurons.mask[1] = False  # in place
+    assert state.neuron_mask.tolist() == [True, False, True]
+    state.synapses.mask = torch.tensor([[False, False], [True, True], [True, True]])  # replaced
+    assert state.neuron_mask.tolist() == [False, False, True]
+    assert state.synapse_mask.tolist() == [[False, False], [True, True], [True, True]]
+    state.connectivity = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    assert state.synapse_mask.tolist() == [[False, False], [True, True], [False, True]]
+    assert state.summary(None, 6)["synapses_kept"] == 1 and state.summary(None, 6)["synapses_total"] == 5
+
+
 def test_update_prunes_the_least_important():
     state = _state("linear")
     # paper form, eps = 2, C = 0, beta = 0.5, gamma = 1, schedule factor 1: F = 0.5 + (2 Norm - 2)

@@ -131,3 +131,23 @@ def test_waiting_batches_keep_their_own_copy_of_the_signals():
     assert_close(stats.bcm, reference.bcm)
     assert_close(stats.trace, reference.trace)
     assert float(reference.trace.sum()) > 0
+
+
+def test_waiting_batches_hold_only_their_traces_and_may_differ_in_T():
+    """A committed batch waits for the flush as its traces ``[B, N]`` (T times less than its signals), read at
+    the commit: the layer's input changed in place afterwards, or batches of another T in the same flush, change
+    nothing against one update per batch."""
+    batches = [_batch(s, T=3) for s in range(3)] + [_batch(s, T=2) for s in range(3, 5)]
+    per_batch, waiting = LayerStatistics(3, 5), LayerStatistics(3, 5)
+    per_batch.flush_every = 1
+    for pre, post in batches:
+        per_batch.observe(pre, post)
+        rows = pre.reshape(-1, 5).clone()
+        waiting.add_pre(rows)
+        waiting.add_post(post)
+        assert waiting.commit()
+        rows.zero_()  # e.g. an input buffer reused in place after the commit
+    assert [tuple(t.shape) for t in waiting._waiting[0]] == [(4, 5), (4, 3)] and len(waiting._waiting) == 5
+    for key in ("bcm", "trace", "theta"):
+        assert_close(getattr(waiting, key), getattr(per_batch, key))
+    assert float(per_batch.bcm.abs().sum()) > 0
