@@ -11,6 +11,7 @@ format, hooks) to itself.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -228,8 +229,8 @@ class LayerState:
             self.neurons.step(importance["neuron"], epoch, keep_at_least, self.removed_units)
         if self.synapses is not None:
             allowed = self.connectivity.bool()
-            synapse = importance["synapse"]
-            synapse = torch.where(allowed, synapse, synapse[allowed].min())
+            synapse = importance["synapse"]  # (the minimum over the allowed synapses, without gathering them)
+            synapse = torch.where(allowed, synapse, torch.where(allowed, synapse, math.inf).min())
             self.synapses.step(synapse, epoch, keep_at_least, self.removed_synapses)
         if "time" in importance:
             steps = importance["time"].shape[1]

@@ -93,13 +93,17 @@ def shrink_due(pruner: DPAPPruner) -> bool:
 def update_structure(pruner: DPAPPruner) -> None:
     """At the end of an epoch: survival update and new masks, unless the structure is already final.
 
-    Once no rule will update a survival value (every ``stop_epoch`` passed,
+    Before every rule's ``start_epoch`` the statistics are only checked (a diverged run is reported
+    at once): no survival value could change, so the importance and the update are skipped. Once
+    no rule will update a survival value (every ``stop_epoch`` passed,
     :meth:`~nni_dpap.policy.DPAPConfig.final_epoch`), the statistics, their epoch-end products and the
     update are skipped, and the hooks stop recording for the rest of the run (their results could no
     longer change anything): the last part of training runs at the plain model's cost.
     """
-    final = pruner.dpap_config.final_epoch(pruner.temporal)
-    if pruner.current_epoch < final:
+    final, epoch = pruner.dpap_config.final_epoch(pruner.temporal), pruner.current_epoch
+    if epoch < final and not pruner.dpap_config.updates_at(epoch, pruner.temporal):
+        pruner._check_finite(pruner._collect_data())
+    elif epoch < final:
         kept_before = {n: int(layer.neuron_mask.sum()) for n, layer in pruner._layers.items()}
         masks = pruner.generate_masks()
         pruner.update_masks(masks)

@@ -200,12 +200,15 @@ class DPAPPruner(Pruner):
         return {name: layer.stats.window(sum_over_ranks) for name, layer in self._layers.items()}
 
     def _calculate_metrics(self, data: _METRICS) -> _METRICS:
+        self._check_finite(data)
+        return {name: self._layers[name].importance(window) for name, window in data.items()}
+
+    def _check_finite(self, data: _METRICS) -> None:
         for name, window in data.items():
             if not all(bool(torch.isfinite(t).all()) for t in window.values()):
                 raise TrainingError(
                     f"DPAP's statistics of {name!r} are not finite at epoch {self.current_epoch}: training diverged "
                     "(NaN or infinite activations). Lower the learning rate or check the data; no mask was changed")
-        return {name: self._layers[name].importance(window) for name, window in data.items()}
 
     def _generate_sparsity(self, metrics: _METRICS) -> _METRICS:
         for name, importance in metrics.items():

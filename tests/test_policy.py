@@ -26,6 +26,37 @@ def test_normalize_minmax_percentile_and_flat():
         normalize(x, "zscore")  # type: ignore[arg-type]
 
 
+def _gathered_normalize(x, method, percentiles, mask=None, extra_zeros=0):
+    """The reference: the entries gathered with boolean indexing, percentiles by ``torch.quantile`` (a full sort)."""
+    values = (x if mask is None else x[mask]).float().flatten()
+    values = torch.cat([values, values.new_zeros(extra_zeros)])
+    lo = values.min() if method == "minmax" or percentiles[0] is None else torch.quantile(values, percentiles[0] / 100)
+    hi = values.max() if method == "minmax" else torch.quantile(values, percentiles[1] / 100)
+    scaled = ((x.float() - lo) / (hi - lo)).clamp(0, 1) if bool(hi > lo) else torch.full_like(x, 0.5)
+    return scaled if mask is None else torch.where(mask, scaled, 0.0)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "ties", "heavy_tailed"])
+def test_normalize_by_selection_equals_sorting_and_gathering(kind):
+    """The percentiles are selected (not sorted) and the alive units masked (not gathered): the same numbers."""
+    gen = torch.Generator().manual_seed(3)
+    for n in (1, 2, 7, 100, 1001, 20000):
+        x = {"uniform": torch.rand(n, generator=gen), "ties": torch.randint(0, 4, (n,), generator=gen).float(),
+             "heavy_tailed": torch.randn(n, generator=gen) ** 3}[kind]
+        mask = torch.rand(n, generator=gen) > 0.3
+        mask[0] = True
+        for method, percentiles in (("minmax", (None, 75.0)), ("percentile", (None, 75.0)),
+                                    ("percentile", (5.0, 95.0)), ("percentile", (None, 99.0))):
+            assert_close(normalize(x, method, percentiles), _gathered_normalize(x, method, percentiles))
+            assert_close(normalize(x, method, percentiles, extra_zeros=5),
+                         _gathered_normalize(x, method, percentiles, extra_zeros=5))
+            assert_close(normalize(x, method, percentiles, mask=mask),
+                         _gathered_normalize(x, method, percentiles, mask))
+            assert_close(normalize(x, method, percentiles, mask=mask, extra_zeros=5),
+                         _gathered_normalize(x, method, percentiles, mask, extra_zeros=5))
+    assert normalize(torch.rand(3), mask=torch.zeros(3, dtype=torch.bool)).tolist() == [0.0, 0.0, 0.0]
+
+
 def test_survival_increment_eq9_eq10_branches():
     n = torch.tensor([0.0, 0.25, 0.5, 1.0])
     # eps = 1: delta = [-1, -0.5, 0, 1]
@@ -124,7 +155,12 @@ def test_stop_epoch_ends_pruning_and_resolves_relative():
                           conv_stop_epoch=0.75, linear_eta=0.2, linear_start_epoch=0.2).resolve(40)
     assert (resolved.conv.start_epoch, resolved.conv.stop_epoch, resolved.linear.stop_epoch) == (8, 30, None)
     assert resolved.final_epoch() == math.inf  # linear pruning never stops
+    assert [resolved.updates_at(e) for e in (0, 7, 8, 29, 30, 400)] == [False, False, True, True, True, True]
     both = resolved.with_params(linear_stop_epoch=25)
+    assert [both.updates_at(e) for e in (7, 8, 29, 30)] == [False, True, True, False]
+    late_time = both.with_params(time_eps=1.0, time_bonus=0.0, time_eta=5.0, time_start_epoch=32, time_stop_epoch=35)
+    assert [late_time.updates_at(e, temporal) for e in (31, 33) for temporal in (False, True)] == \
+        [False, False, False, True]
     assert both.final_epoch() == 30 and both.final_epoch(temporal=True) == 30  # time falls back to the kinds' rules
     assert both.with_params(time_eps=1.0, time_bonus=0.0, time_eta=5.0, time_stop_epoch=35).final_epoch(True) == 35
     endless_time = both.with_params(time_eps=1.0, time_bonus=0.0, time_eta=5.0, time_stop_epoch=None)

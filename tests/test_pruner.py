@@ -140,6 +140,38 @@ def test_statistics_stop_once_the_structure_is_final(monkeypatch):
     assert seen == [0, 1, 2, 3]
 
 
+def test_no_importance_before_the_window_opens(monkeypatch):
+    """Before every start_epoch the epoch end computes no importance and no update (nothing could change), and
+    that skip changes nothing: the same masks and weights as a run computing them every epoch."""
+    from nni_dpap._layers import LayerState
+    from nni_dpap.policy import DPAPConfig
+
+    hparams = dict(FAST, conv_start_epoch=0.5, linear_start_epoch=0.5)  # 4 epochs: epochs 2 and 3 update F
+    update = LayerState.update
+    runs = []
+    for always in (False, True):
+        epochs: list[int] = []
+
+        def spy(layer, importance, epoch, keep_at_least):
+            epochs.append(epoch)
+            update(layer, importance, epoch, keep_at_least)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(LayerState, "update", spy)
+            if always:
+                patch.setattr(DPAPConfig, "updates_at", lambda self, epoch, temporal=False: True)
+            model, masks, _, _ = _run_recording_statistics(hparams, monkeypatch)
+        runs.append((model, masks, sorted(set(epochs))))
+    (model, masks, seen), (ref_model, ref_masks, ref_seen) = runs
+    assert seen == [2, 3] and ref_seen == [0, 1, 2, 3]
+    assert any(not bool(m.all()) for targets in masks.values() for m in targets.values())  # something was pruned
+    for name, targets in ref_masks.items():
+        for target, mask in targets.items():
+            torch.testing.assert_close(masks[name][target], mask, rtol=0, atol=1e-5)
+    for (name, param), ref_param in zip(model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(param, ref_param, rtol=1e-5, atol=1e-5, msg=name)
+
+
 def _kept_weights(eps: float, make_evaluator, steps: int) -> int:
     torch.manual_seed(0)
     from conftest import TinyANN
@@ -322,7 +354,8 @@ def test_diverging_training_stops_with_a_clear_error(tiny_ann, digits):
 
     evaluator = TorchEvaluator(make_training_func(digits[0], progress=False),
                                nni.trace(torch.optim.Adam)(tiny_ann.parameters(), lr=3e-3), diverging)
-    pruner = DPAPPruner(tiny_ann, CONFIG, evaluator, epochs=2, steps_per_epoch=len(digits[0]), hparams=FAST)
+    late = dict(FAST, conv_start_epoch=0.5, linear_start_epoch=0.5)  # (epoch 0 updates nothing: still checked)
+    pruner = DPAPPruner(tiny_ann, CONFIG, evaluator, epochs=2, steps_per_epoch=len(digits[0]), hparams=late)
     with pytest.raises(TrainingError, match=r"statistics of '(conv|fc1)' are not finite at epoch 0: training "
                                             "diverged"):
         pruner.compress()

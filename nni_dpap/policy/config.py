@@ -170,9 +170,16 @@ class DPAPConfig:
         From then on the structure is final and DPAP needs no statistics; absolute schedule
         (after :meth:`resolve`).
         """
-        rules = [self.conv, self.linear] + ([self.time] if temporal and self.time is not None else [])
-        stops = [math.inf if rule.stop_epoch is None else float(rule.stop_epoch) for rule in rules]
-        return max(stops)
+        return max(math.inf if rule.stop_epoch is None else float(rule.stop_epoch) for rule in self._rules(temporal))
+
+    def updates_at(self, epoch: int, temporal: bool = False) -> bool:
+        """Whether the statistics of ``epoch`` update some survival value (absolute schedule): ``False``
+        before every rule's ``start_epoch`` and from :meth:`final_epoch` on."""
+        return any(rule.start_epoch <= epoch and (rule.stop_epoch is None or epoch < rule.stop_epoch)
+                   for rule in self._rules(temporal))
+
+    def _rules(self, temporal: bool) -> list[SurvivalRule]:
+        return [self.conv, self.linear] + ([self.time] if temporal and self.time is not None else [])
 
     @staticmethod
     def unit_group(unit: Unit, layer_kind: Literal["conv", "linear"]) -> str:
