@@ -139,7 +139,8 @@ def main() -> None:
     table = format_table(rows, ["network", "plain step ms", "DPAP step ms", "overhead (median; per process)",
                                 "overhead (mean), before the window", "overhead (mean), in the window"])
     save("overhead", args, {"results": data}, [(f"time per training step, {args.device}, {args.threads} threads, "
-                                                 f"median over {args.processes} processes", table)])
+                                                 f"median over {len(runs)} processes", table)])
+
 
 if __name__ == "__main__":
     main()
