@@ -120,6 +120,16 @@ def _run_recording_statistics(hparams, monkeypatch, final_epoch=None):
     return model, masks, sorted(set(epochs_seen)), pruner
 
 
+def _assert_same_pruned_run(model, masks, ref_model, ref_masks) -> None:
+    """Something was pruned, and both runs ended with the same masks and weights."""
+    assert any(not bool(m.all()) for targets in masks.values() for m in targets.values())
+    for name, targets in ref_masks.items():
+        for target, mask in targets.items():
+            torch.testing.assert_close(masks[name][target], mask, rtol=0, atol=1e-5)
+    for (name, param), ref_param in zip(model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(param, ref_param, rtol=1e-5, atol=1e-5, msg=name)
+
+
 def test_statistics_stop_once_the_structure_is_final(monkeypatch):
     hparams = dict(FAST, conv_stop_epoch=0.5, linear_stop_epoch=0.5)  # 4 epochs: epochs 0 and 1 update F
     model, masks, seen, pruner = _run_recording_statistics(hparams, monkeypatch)
@@ -128,12 +138,7 @@ def test_statistics_stop_once_the_structure_is_final(monkeypatch):
     # the same run recording statistics to the end: the same structure and weights (recording changes nothing)
     ref_model, ref_masks, ref_seen, ref = _run_recording_statistics(hparams, monkeypatch, final_epoch=float("inf"))
     assert ref_seen == [0, 1, 2, 3]
-    assert any(not bool(m.all()) for targets in masks.values() for m in targets.values())  # something was pruned
-    for name, targets in ref_masks.items():
-        for target, mask in targets.items():
-            torch.testing.assert_close(masks[name][target], mask, rtol=0, atol=1e-5)
-    for (name, param), ref_param in zip(model.named_parameters(), ref_model.parameters()):
-        torch.testing.assert_close(param, ref_param, rtol=1e-5, atol=1e-5, msg=name)
+    _assert_same_pruned_run(model, masks, ref_model, ref_masks)
     assert [h["epoch"] for h in pruner.history] == [h["epoch"] for h in ref.history] == [0, 1, 2, 3]
     # pruning that never stops records to the end
     _, _, seen, _ = _run_recording_statistics(dict(FAST, conv_stop_epoch=None, linear_stop_epoch=None), monkeypatch)
@@ -164,12 +169,7 @@ def test_no_importance_before_the_window_opens(monkeypatch):
         runs.append((model, masks, sorted(set(epochs))))
     (model, masks, seen), (ref_model, ref_masks, ref_seen) = runs
     assert seen == [2, 3] and ref_seen == [0, 1, 2, 3]
-    assert any(not bool(m.all()) for targets in masks.values() for m in targets.values())  # something was pruned
-    for name, targets in ref_masks.items():
-        for target, mask in targets.items():
-            torch.testing.assert_close(masks[name][target], mask, rtol=0, atol=1e-5)
-    for (name, param), ref_param in zip(model.named_parameters(), ref_model.parameters()):
-        torch.testing.assert_close(param, ref_param, rtol=1e-5, atol=1e-5, msg=name)
+    _assert_same_pruned_run(model, masks, ref_model, ref_masks)
 
 
 def _kept_weights(eps: float, make_evaluator, steps: int) -> int:
