@@ -11,10 +11,11 @@ For every net and seed:
   fine-tune E/2 epochs; Taylor: collect Taylor scores for one epoch of training, prune,
   fine-tune the rest), ``MovementPruner`` trains from the same initial weights for E
   epochs (warm-up one epoch, sparsity reached at 3/4 of the run). These three prune
-  single weights (the most flexible granularity), so they are matched on fine-grained
+  single weights (the most flexible granularity; NNI's own default for these three pruners
+  is whole output channels, ``granularity="out_channel"``), so they are matched on fine-grained
   masks against DPAP's channels, neurons and synapses.
-* the same points with DPAP's own, structured granularity: ``l1_channel`` (L1NormPruner
-  on whole output channels / neurons + fine-tuning), ``taylor_channel`` (TaylorPruner,
+* the same points with DPAP's own, structured granularity (NNI's default for these pruners):
+  ``l1_channel`` (L1NormPruner on whole output channels / neurons + fine-tuning), ``taylor_channel`` (TaylorPruner,
   Molchanov et al.'s channel criterion) and ``movement_channel`` (MovementPruner with one
   score per output unit, trained from the initial weights on the same schedule), each
   layer keeping as many weights as DPAP's layer, by whole units (the layer's inputs shrink
