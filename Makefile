@@ -38,7 +38,7 @@ lint: $(STAMP)
 # what CI runs (.ci/run): lint, the suite, the suite on one thread
 ci: lint test test-1thread
 
-# benchmarks (not part of `make test`): about 3 hours on 2 CPU cores (the frontier alone about 2.5 h); results in benchmarks/results/
+# benchmarks (not part of `make test`): about 4 hours on 2 CPU cores (the frontier alone about 2.5 h, the controls 50 minutes); results in benchmarks/results/
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_quality.py
 	$(BIN)/python benchmarks/bench_speedup.py
@@ -47,3 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_neurons.py
 	$(BIN)/python benchmarks/bench_docs_client.py
 	$(BIN)/python benchmarks/bench_frontier.py
+	$(BIN)/python benchmarks/bench_controls.py

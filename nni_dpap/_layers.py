@@ -212,7 +212,8 @@ class LayerState:
         """The importance of a window of (rank-summed) statistics, over the synapses that still exist.
 
         With ``synapse_importance='bcm_weight'`` a synapse's importance is also scaled by its ``|w|``
-        (summed over a kernel slice).
+        (summed over a kernel slice); with ``synapse_competition='neuron'`` it is then divided by the
+        summed ``|importance|`` of its neuron's synapses.
         """
         importance = window_importance(window, self.synapse_mask.float(), self.config.normalize_spine_factors,
                                        self.removed_units)
@@ -221,6 +222,10 @@ class LayerState:
             if strength.dim() > 2:
                 strength = strength.flatten(2).sum(-1)
             importance["synapse"] = importance["synapse"] * strength.to(importance["synapse"].device)
+        if self.synapses is not None and self.config.synapse_competition == "neuron":
+            synapse = importance["synapse"]  # (pruned synapses and removed inputs hold 0: they add nothing)
+            total = (synapse.abs() * self.synapse_mask).sum(1, keepdim=True)
+            importance["synapse"] = torch.where(total > 0, synapse / total.clamp_min(1e-30), 0.0)
         return importance
 
     def update(self, importance: Mapping[str, Tensor], epoch: int, keep_at_least: int) -> None:

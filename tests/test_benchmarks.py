@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("script,name", [("bench_quality.py", "quality"), ("bench_speedup.py", "speedup"),
                                          ("bench_training_time.py", "training_time"),
                                          ("bench_overhead.py", "overhead"), ("bench_neurons.py", "neurons"),
-                                         ("bench_docs_client.py", "docs_client")])
+                                         ("bench_docs_client.py", "docs_client"), ("bench_controls.py", "controls")])
 def test_benchmark_script_quick_run(tmp_path, script, name):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--results-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
@@ -65,3 +65,46 @@ def test_frontier_quick_run(tmp_path):
             channel = next(r for r in records if r["method"] == method and r["point"] == point)
             assert abs(dpap["params_removed"] - channel["params_removed"]) < 0.03
     assert (tmp_path / "frontier_quick.png").stat().st_size > 10_000
+
+
+def test_controls_replay_dpap_counts_with_other_units():
+    """bench_controls: a replay keeps, at every epoch end, as many units and live synapses as the recorded DPAP run,
+    chosen otherwise (random here: not DPAP's units)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_controls as controls
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from nni_dpap._layers import LayerState
+
+    run = controls.Seed("digits_snn", controls.NETS["digits_snn"], 0, torch.device("cpu"), quick=True)
+    fast = {"conv_start_epoch": 0.0, "linear_start_epoch": 0.0, "conv_stop_epoch": None, "linear_stop_epoch": None,
+            "conv_beta": 0.3, "linear_beta": 0.3}  # 3 epochs, pruning from the first epoch end
+    log: dict = {}
+    with controls.recording(log):
+        dpap, _ = run.dpap(fast)
+    assert len(log) == 6 and log[("fc1", 2)][0] < 300 and log[("conv2", 2)][0] < 40  # 2 layers x 3 epochs, pruned
+
+    seen: dict = {}
+    with controls.replaying(log, "random", torch.Generator().manual_seed(0)):
+        replay = LayerState.update
+
+        def spy(layer, importance, epoch, keep_at_least):
+            replay(layer, importance, epoch, keep_at_least)
+            units = layer.neuron_mask
+            live = controls._live_inputs(importance)
+            seen[(layer.link.name, epoch)] = (int(units.sum()), int((layer.synapse_mask & units[:, None] & live).sum()))
+        LayerState.update = spy
+        try:
+            random, _ = run.dpap(fast)
+        finally:
+            LayerState.update = replay
+    assert seen.keys() == log.keys()
+    assert all(seen[key][0] == log[key][0] for key in log)  # as many units at every epoch end
+    # as many live synapses, unless fewer were left (a synapse kept earlier can lose its input to a removed channel)
+    assert all(seen[key][1] <= log[key][1] for key in log)
+    assert sum(s for _, s in seen.values()) >= 0.95 * sum(s for _, s in log.values())
+    assert bool(((random.fc1.weight != 0) != (dpap.fc1.weight != 0)).any())  # other synapses
+    assert bool((random.conv2.weight.flatten(1).any(1) != dpap.conv2.weight.flatten(1).any(1)).any())  # channels

@@ -144,6 +144,24 @@ def test_bcm_weight_synapse_importance_scales_by_the_weight():
     assert_close(scaled["neuron"], base["neuron"])
 
 
+def test_neuron_competition_ranks_each_synapse_by_its_share_of_its_neuron():
+    modules = {"layer": nn.Linear(3, 2), "sn": nn.ReLU()}
+    link = LayerLink("layer", "linear", "sn", False, (Readout("sn", None),))
+    plain = LayerState.build(link, modules, CONFIG, False, torch.device("cpu"))
+    competing = LayerState.build(link, modules, get_preset(CONFIG, synapse_competition="neuron"), False,
+                                 torch.device("cpu"))
+    assert plain.synapses is not None and competing.synapses is not None
+    pruned = torch.tensor([[True, True, False], [True, True, True]])  # neuron 0 lost its third synapse
+    plain.synapses.mask, competing.synapses.mask = pruned, pruned.clone()
+    bcm = torch.tensor([[2.0, -1.0, 5.0], [0.0, 0.0, 0.0]])  # neuron 1: nothing potentiated or depressed
+    window = {"bcm": bcm, "trace": torch.tensor([1.0, 1.0])}
+    base, share = plain.importance(window), competing.importance(window)
+    assert_close(base["synapse"], bcm)
+    # neuron 0: |2| + |-1| over its remaining synapses (the pruned one's 5 does not count); neuron 1: all zero
+    assert_close(share["synapse"], torch.tensor([[2.0 / 3.0, -1.0 / 3.0, 5.0 / 3.0], [0.0, 0.0, 0.0]]))
+    assert_close(share["neuron"], base["neuron"])  # the neurons' D is not affected
+
+
 def test_removable_fraction_counts_pruned_units_still_present():
     linear, conv = _state("linear"), _state("conv")  # 3 x 2 weights; 3 x 2 x 3 x 3
     assert removable_fraction([linear, conv]) == 0.0

@@ -201,3 +201,5 @@ def test_unit_groups_forms_and_validation():
         get_preset("braincog", linear_synapse_percentiles=[90.0, 50.0])
     with pytest.raises(ConfigError, match="synapse_importance"):
         get_preset("braincog", synapse_importance="weight")
+    with pytest.raises(ConfigError, match=r"synapse_competition must be one of \['layer', 'neuron'\]"):
+        get_preset("braincog", synapse_competition="column")

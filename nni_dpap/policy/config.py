@@ -43,6 +43,7 @@ LayerKind = Literal["conv", "linear", "time"]
 Accumulation = Literal["epoch", "cumulative"]
 Unit = Literal["neurons", "synapses", "time"]
 SynapseImportance = Literal["bcm", "bcm_weight"]
+SynapseCompetition = Literal["layer", "neuron"]
 #: The groups of units DPAP prunes, as named by ``alive_normalization`` (and the ``prune_*`` flags).
 UNIT_GROUPS = ("conv_channels", "conv_kernels", "linear_neurons", "linear_synapses", "time")
 
@@ -102,6 +103,12 @@ class DPAPConfig:
     synapse_importance
         ``'bcm'``: the spine importance of Eq. (7) (paper); ``'bcm_weight'``: times the synapse's
         ``|w|`` (summed over a kernel slice), so a synapse must be both active and strong to stay.
+    synapse_competition
+        ``'layer'``: the synapses of a layer are ranked against each other by one Norm (paper);
+        ``'neuron'``: each synapse's importance is first divided by the summed ``|importance|`` of
+        its postsynaptic neuron's synapses (its share of the neuron's total), so that synapses
+        compete within their neuron (heterosynaptic competition) and every neuron keeps its own
+        strongest inputs. A lever, not a default (``benchmarks/README.md``, controls).
     """
 
     name: str = "custom"
@@ -124,12 +131,14 @@ class DPAPConfig:
     alive_normalization: tuple[str, ...] = ()
     linear_synapse_percentiles: tuple[float | None, float] | None = None
     synapse_importance: SynapseImportance = "bcm"
+    synapse_competition: SynapseCompetition = "layer"
 
     def __post_init__(self) -> None:
         check_choice("normalization", self.normalization, ["minmax", "percentile"])
         check_choice("schedule", self.schedule, ["exp", "step"])
         check_choice("accumulation", self.accumulation, ["epoch", "cumulative"])
         check_choice("synapse_importance", self.synapse_importance, ["bcm", "bcm_weight"])
+        check_choice("synapse_competition", self.synapse_competition, ["layer", "neuron"])
         for flag in ("strict_positive", "normalize_spine_factors", "relative_schedule", "prune_conv_channels",
                      "prune_conv_kernels", "prune_linear_neurons", "prune_linear_synapses", "prune_first_conv"):
             check_bool(flag, getattr(self, flag))
