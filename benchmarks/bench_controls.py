@@ -127,11 +127,8 @@ def replaying(log: _Log, control: str, generator: torch.Generator) -> contextlib
                 alive = layer.synapse_mask & _live_inputs(importance) & layer.neuron_mask[:, None]
                 if int(alive.sum()) > synapses_kept:
                     layer.synapses.mask = _top(alive, synapse_score(), synapses_kept)
-            else:  # DPAP's own synapse rule (as LayerState.update)
-                allowed = layer.connectivity.bool()
-                synapse = torch.where(allowed, importance["synapse"],
-                                      torch.where(allowed, importance["synapse"], torch.inf).min())
-                layer.synapses.step(synapse, epoch, keep_at_least, layer.removed_synapses)
+            else:  # DPAP's own synapse rule
+                layer.update_synapses(importance["synapse"], epoch, keep_at_least)
     return _patched(update)
 
 

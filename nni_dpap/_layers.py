@@ -233,16 +233,20 @@ class LayerState:
         if self.neurons is not None:
             self.neurons.step(importance["neuron"], epoch, keep_at_least, self.removed_units)
         if self.synapses is not None:
-            allowed = self.connectivity.bool()
-            synapse = importance["synapse"]  # (the minimum over the allowed synapses, without gathering them)
-            synapse = torch.where(allowed, synapse, torch.where(allowed, synapse, math.inf).min())
-            self.synapses.step(synapse, epoch, keep_at_least, self.removed_synapses)
+            self.update_synapses(importance["synapse"], epoch, keep_at_least)
         if "time" in importance:
             steps = importance["time"].shape[1]
             if self.time is None:
                 self.time = self.config.survival_state((self.n_out, steps), "time", self.link.kind,
                                                        self.connectivity.device)
             self.time.step(importance["time"], epoch, keep_at_least, self.removed_units * steps)
+
+    def update_synapses(self, importance: Tensor, epoch: int, keep_at_least: int) -> None:
+        """Eqs. (9)-(11) for the synapses; those the structure does not allow count as the layer's minimum."""
+        assert self.synapses is not None
+        allowed = self.connectivity.bool()  # (the minimum over the allowed synapses, without gathering them)
+        synapse = torch.where(allowed, importance, torch.where(allowed, importance, math.inf).min())
+        self.synapses.step(synapse, epoch, keep_at_least, self.removed_synapses)
 
     # -- shrinking ---------------------------------------------------------------------
     def select(self, module: nn.Module, kept: KeptIndices | None) -> None:
