@@ -12,9 +12,12 @@ warm-up, fixed torch threads:
 Next to the times: the largest difference between the two backends' gradients (input gradient
 for the neurons, every parameter's gradient for the network) and whether the spikes agree, and
 the kernel's one-off build time with an empty cache (in a fresh process) and its load time with
-a warm cache. ``--profile`` also prints where the time of a fused training step goes.
+a warm cache. ``--profile`` also prints where the time of a fused training step goes. On a GPU
+(``--device cuda``) the fused backend is the Triton kernel (:mod:`nni_dpap.snn.fused_triton`);
+the build times above stay the C++ kernel's.
 
     python benchmarks/bench_neurons.py
+    python benchmarks/bench_neurons.py --device cuda
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch import nn
 
 from nni_dpap.models import SpikingConvNet
 from nni_dpap.report import format_table
-from nni_dpap.snn import LIFNeuron, PLIFNeuron, fused
+from nni_dpap.snn import LIFNeuron, PLIFNeuron, fused, fused_triton
 from nni_dpap.snn.neurons import BACKENDS, set_backend
 
 
@@ -149,9 +152,11 @@ def profile_step(device: torch.device, T: int, batch: int) -> None:
     x, y = torch.rand(batch, 1, 28, 28, device=device), torch.randint(0, 10, (batch,), device=device)
     for _ in range(3):
         F.cross_entropy(model(x), y).backward()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         F.cross_entropy(model(x), y).backward()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=15))
 
 
 def main() -> None:
@@ -166,13 +171,16 @@ def main() -> None:
         args.warmup, args.repeats, args.batch = 1, 3, 8
     device = setup(args)
     cost = build_cost()
-    if not fused.available():
-        raise SystemExit(f"the fused kernel is unavailable here: {fused.unavailable_reason()}")
+    kernel = fused_triton if device.type == "cuda" else fused  # (the neurons pick by the tensors' device)
+    if not kernel.available():
+        raise SystemExit(f"the fused kernel is unavailable here: {kernel.unavailable_reason()}")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"kernel build (empty cache) {cost['cold_build_s']:.1f} s, load (warm cache) {cost['warm_load_s']:.2f} s",
           flush=True)
     neuron_rows, neuron_data = bench_neurons(args, device, args.T, args.batch)
     net_rows, net_data = bench_network(args, device, args.T, args.batch)
+    if kernel.unavailable_reason() is not None:  # it failed while running: 'fused' timed the loop
+        raise SystemExit(f"the fused kernel failed: {kernel.unavailable_reason()}")
     if args.profile:
         profile_step(device, args.T, args.batch)
     where = f"T = {args.T}, batch {args.batch}, {device_name}, {args.threads} threads"

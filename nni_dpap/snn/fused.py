@@ -41,10 +41,10 @@ Why this backend (measured on 2 CPU cores, the paper's MNIST SNN at T = 8, batch
 * TorchScript: no fusion on CPU (NNC is off by default there), so it only trims Python overhead.
 
 Where the kernel does not apply, :class:`~nni_dpap.snn.neurons.BaseNeuron` silently runs the Python
-loop instead (see :meth:`~nni_dpap.snn.neurons.BaseNeuron.fused_supported`): tensors not on the CPU or
-not float32/float64, subclasses overriding charge/fire/reset, other surrogates or ``spiking=False``,
-per-channel PLIF ``w``, tracing and ``torch.compile``. If the kernel cannot be built (no compiler, a
-compile or load error) the loop is used everywhere and one warning is logged, once per process.
+loop instead (see :meth:`~nni_dpap.snn.neurons.BaseNeuron.fused_supported`): CPU tensors not float32/64
+(CUDA ones go to :mod:`~nni_dpap.snn.fused_triton`), subclasses overriding charge/fire/reset, other
+surrogates or ``spiking=False``, per-channel PLIF ``w``, tracing and ``torch.compile``. If the kernel cannot
+be built (no compiler, a compile or load error) the loop is used on the CPU and one warning is logged.
 """
 
 from __future__ import annotations

@@ -24,13 +24,13 @@ over time themselves) the membrane persists between calls until :meth:`reset`;
 Backends
 --------
 A multi-step call runs either the Python loop over time steps above (``backend='torch'``,
-the reference) or, by default (``backend='fused'``), one fused C++ kernel for all steps,
-forward and backward (:mod:`nni_dpap.snn.fused`), which gives the same spikes and
-gradients several times faster. The fused backend covers :class:`LIFNeuron` and
-:class:`PLIFNeuron` as they are, on CPU float tensors; everything else (subclasses that
-override the charge, fire or reset steps, custom surrogates, CUDA tensors, ...) silently
-runs the loop. :func:`set_backend` switches a whole model. Single-step mode always runs
-the Python code.
+the reference) or, by default (``backend='fused'``), one fused kernel for all steps,
+forward and backward: C++ on the CPU (:mod:`nni_dpap.snn.fused`), Triton on CUDA
+(:mod:`nni_dpap.snn.fused_triton`), which gives the same spikes and gradients several
+times faster. The fused backend covers :class:`LIFNeuron` and :class:`PLIFNeuron` as
+they are, on float tensors; everything else (subclasses that override the charge, fire
+or reset steps, custom surrogates, per-channel PLIF ``w``, ...) silently runs the loop.
+:func:`set_backend` switches a whole model. Single-step mode always runs the Python code.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ShapeError
-from . import fused
+from . import fused, fused_triton
 from .surrogate import ATanSurrogate, SigmoidSurrogate, SurrogateFunction
 
 __all__ = ["BaseNeuron", "LIFNeuron", "PLIFNeuron", "StepMode", "Backend", "BACKENDS", "set_backend"]
@@ -268,8 +268,9 @@ class BaseNeuron(nn.Module):
         It can for :class:`LIFNeuron` and :class:`PLIFNeuron` (and subclasses that do not override
         ``neuronal_charge``, ``neuronal_fire``, ``neuronal_reset`` or ``_gate``) with an
         :class:`ATanSurrogate` or :class:`SigmoidSurrogate` in spiking mode, a scalar PLIF ``w``, a
-        time mask matching ``x``, on a plain float32/float64 CPU tensor, outside tracing and
-        ``torch.compile``. Whether the kernel could be built is checked separately (on first use).
+        time mask matching ``x``, on a plain float32/float64 CPU tensor or a floating-point CUDA tensor,
+        outside tracing and ``torch.compile``. Whether the kernel could be built is checked separately
+        (on first use).
         """
         cls = type(self)
         if (cls.neuronal_fire is not BaseNeuron.neuronal_fire or cls.neuronal_reset is not BaseNeuron.neuronal_reset
@@ -277,7 +278,7 @@ class BaseNeuron(nn.Module):
             return False
         if type(self.surrogate) not in _FUSED_SURROGATES or not self.surrogate.spiking:
             return False
-        if not fused.plain_cpu_tensor(x):
+        if not (fused.plain_cpu_tensor(x) or fused_triton.supports(x)):
             return False
         return self._fused_mask_fits(x) and self._fused_charge()
 
@@ -301,7 +302,11 @@ class BaseNeuron(nn.Module):
 
     def _fused_multi_step(self, x: Tensor, T: int) -> Tensor | None:
         cfg, k = self.fused_config(T)
-        result = fused.lif_multi_step(x, cfg, k, self.time_mask, need_h=self.store_v)
+        result = None
+        if fused.plain_cpu_tensor(x):
+            result = fused.lif_multi_step(x, cfg, k, self.time_mask, need_h=self.store_v)
+        if result is None and fused_triton.supports(x):
+            result = fused_triton.lif_multi_step(x, cfg, k, self.time_mask, need_h=self.store_v)
         if result is None:
             return None
         spikes, h = result
