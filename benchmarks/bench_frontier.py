@@ -20,6 +20,10 @@ For every net and seed:
   score per output unit, trained from the initial weights on the same schedule), each
   layer keeping as many weights as DPAP's layer, by whole units (the layer's inputs shrink
   with its upstream layer's units).
+* the same points with DPAP's own mix of granularities: ``l1_mixed``, ``taylor_mixed`` and
+  ``movement_mixed`` remove whole output channels in the conv layers (as DPAP does) and single
+  weights in the FC layers (where DPAP removes synapses and neurons): like for like in
+  structure as well as size.
 
 Every run sees the same batches in the same order: epoch ``e`` of seed ``s`` is the
 permutation drawn from a generator seeded with ``(s, e)``, whichever run asks for it.
@@ -65,10 +69,13 @@ from nni_dpap.report import format_table, layer_costs, totals
 from nni_dpap.training import classification_step, evaluate_accuracy
 
 MATCH_FROM = 0.70  # baselines are matched where DPAP removes at least this much
-#: NNI's pruners matched to DPAP: single weights (``l1_finetune``, ``taylor``, ``movement``) and whole output
-#: units, DPAP's own granularity (``l1_channel``: L1NormPruner + fine-tuning, ``taylor_channel``: TaylorPruner,
-#: ``movement_channel``: MovementPruner with one learned score per output unit)
-BASELINES = ("l1_finetune", "taylor", "movement", "l1_channel", "taylor_channel", "movement_channel")
+#: NNI's pruners matched to DPAP: single weights (``l1_finetune``, ``taylor``, ``movement``), whole output
+#: units, NNI's default (``l1_channel``: L1NormPruner + fine-tuning, ``taylor_channel``: TaylorPruner,
+#: ``movement_channel``: MovementPruner with one learned score per output unit), and DPAP's own mix
+#: (``*_mixed``: conv layers by whole channels, FC layers by single weights)
+BASELINES = ("l1_finetune", "taylor", "movement", "l1_channel", "taylor_channel", "movement_channel",
+             "l1_mixed", "taylor_mixed", "movement_mixed")
+GRANULARITY = {"channel": "channel", "mixed": "mixed"}  # method suffix -> granularity (else single weights)
 
 
 @dataclass(frozen=True)
@@ -245,22 +252,43 @@ class Seed:
                                "granularity": [1] * dims})
         return config
 
-    def _channel_config(self, target: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    def _config_for(self, target: dict[str, dict[str, int]], granularity: str,
+                    scored_at_once: bool = True) -> list[dict[str, Any]]:
+        """The baselines' config list for ``granularity`` ``'weight'``, ``'channel'`` or ``'mixed'``."""
+        if granularity == "weight":
+            return self._config(target)
+        return self._channel_config(target, fine_linear=granularity == "mixed", scored_at_once=scored_at_once)
+
+    def _channel_config(self, target: dict[str, dict[str, int]], fine_linear: bool = False,
+                        scored_at_once: bool = True) -> list[dict[str, Any]]:
         """Whole output units (channels / neurons) removed so that each layer keeps as many weights as DPAP's.
 
         Layer by layer in forward order: a unit of a layer holds ``kernel x inputs kept`` weights, the
         inputs kept being the units its upstream layer keeps; the number of units kept is the one whose
         weights come closest to what the DPAP run kept in that layer (at least one).
+
+        ``fine_linear`` (DPAP's own mix): FC layers are matched on single weights instead. Their
+        weights fed by removed channels count as removed already, so the pruner's share is set so
+        that the total is DPAP's: L1 and Taylor score every weight at once, before those channels
+        fall silent, so their ratio applies to the weights still fed (``scored_at_once``); Movement's
+        scores of weights without input stop moving and are masked first, so its ratio is DPAP's
+        fraction of the whole layer.
         """
         model, kept, config = self._model(), {}, []
         for name in self.layers:
             weight = model.get_submodule(name).weight
             source = self.upstream.get(name)
             inputs = 1.0 if source not in kept else kept[source] / model.get_submodule(source).weight.shape[0]
-            per_unit = weight[0].numel() * inputs
-            target_kept = target[name]["weights"] - target[name]["weights_removed"]
-            units = weight.shape[0]
-            kept[name] = min(units, max(1, round(target_kept / per_unit)))
+            units, removed = weight.shape[0], target[name]["weights_removed"]
+            if fine_linear and weight.dim() == 2:
+                kept[name] = units
+                dead = round(weight.numel() * (1.0 - inputs)) if scored_at_once else 0
+                ratio = max(0.0, (removed - dead) / (weight.numel() - dead))
+                if ratio > 0:
+                    config.append({"op_names": [name], "target_names": ["weight"], "sparse_ratio": round(ratio, 6),
+                                   "granularity": [1, 1]})
+                continue
+            kept[name] = min(units, max(1, round((weight.numel() - removed) / (weight[0].numel() * inputs))))
             if kept[name] < units:  # NNI floors ratio x units: +0.5 removes exactly units - kept
                 config.append({"op_names": [name], "sparse_ratio": (units - kept[name] + 0.5) / units,
                                "granularity": "out_channel"})
@@ -277,11 +305,11 @@ class Seed:
         return model
 
     def l1_finetune(self, snapshot: dict[str, Any], target: dict[str, dict[str, int]],
-                    structured: bool = False) -> tuple[nn.Module, list]:
+                    granularity: str = "weight") -> tuple[nn.Module, list]:
         model, accuracies = self._model(), []
         model.load_state_dict(snapshot["model"])
         half = self.epochs // 2
-        pruner = L1NormPruner(model, self._channel_config(target) if structured else self._config(target))
+        pruner = L1NormPruner(model, self._config_for(target, granularity))
         pruner.compress()
         optimizer = _continued_adam(model, self.net.lr, snapshot)  # the dense run's optimizer goes on
         training_function(self.batches, half, self._recorder(accuracies))(model, optimizer, classification_step, None,
@@ -289,14 +317,14 @@ class Seed:
         return self._finish(pruner, model), accuracies
 
     def taylor(self, snapshot: dict[str, Any], target: dict[str, dict[str, int]],
-               structured: bool = False) -> tuple[nn.Module, list]:
+               granularity: str = "weight") -> tuple[nn.Module, list]:
         model, accuracies = self._model(), []
         model.load_state_dict(snapshot["model"])
         half = self.epochs // 2
         # NNI rebuilds a traced optimizer when it binds the model: the scoring epoch starts a fresh Adam
         evaluator = TorchEvaluator(training_function(self.batches, half, self._recorder(accuracies)),
                                    _adam(model, self.net.lr), classification_step)
-        config = self._channel_config(target) if structured else self._config(target)
+        config = self._config_for(target, granularity)
         pruner = TaylorPruner(model, config, evaluator, training_steps=self.batches.steps)
         pruner.compress()  # one epoch of training collecting Taylor scores, then prune
         fine_tune = _continued_adam(model, self.net.lr, snapshot)
@@ -304,12 +332,13 @@ class Seed:
             model, fine_tune, classification_step, None, None, self.epochs - half - 1)
         return self._finish(pruner, model), accuracies
 
-    def movement(self, target: dict[str, dict[str, int]], structured: bool = False) -> tuple[nn.Module, list[float]]:
+    def movement(self, target: dict[str, dict[str, int]], granularity: str = "weight") -> tuple[nn.Module,
+                                                                                                 list[float]]:
         model, accuracies = self._model(), []
         evaluator = TorchEvaluator(training_function(self.batches, 0, self._recorder(accuracies)),
                                    _adam(model, self.net.lr), classification_step)
         steps = self.batches.steps
-        config = self._channel_config(target) if structured else self._config(target)
+        config = self._config_for(target, granularity, scored_at_once=False)
         pruner = MovementPruner(model, config, evaluator, warmup_step=steps,
                                 cooldown_begin_step=max(int(0.75 * self.epochs * steps), steps + 1))
         pruner.compress(self.epochs * steps, self.epochs)
@@ -362,15 +391,15 @@ def run_seed(name: str, net: Net, seed: int, device: torch.device, quick: bool, 
         for method in BASELINES:
             if (method, point) in have:
                 continue
-            structured = method.endswith("_channel")
+            granularity = GRANULARITY.get(method.rpartition("_")[2], "weight")
             if method.startswith("movement"):  # from the initial weights, like DPAP
                 start = time.perf_counter()
-                model, accuracies = run.movement(target, structured)
+                model, accuracies = run.movement(target, granularity)
             else:  # L1 and Taylor continue the dense run: its first half is theirs
                 _, dense_acc, snapshot = dense_run()
                 start = time.perf_counter()
                 prune = run.l1_finetune if method.startswith("l1_") else run.taylor
-                model, accuracies = prune(snapshot, target, structured)
+                model, accuracies = prune(snapshot, target, granularity)
                 accuracies = dense_acc[:run.epochs // 2] + accuracies
             write(_record(name, method, point, seed, model, accuracies, run, dense_best, time.perf_counter() - start))
 

@@ -53,7 +53,7 @@ def test_frontier_quick_run(tmp_path):
     records = json.loads((tmp_path / "frontier_quick.json").read_text())
     methods = {r["method"] for r in records}
     assert {"dense", "dpap_default", "l1_finetune", "taylor", "movement", "l1_channel", "taylor_channel",
-            "movement_channel"} <= methods
+            "movement_channel", "l1_mixed", "taylor_mixed", "movement_mixed"} <= methods
     for record in records:
         assert set(record) >= {"net", "method", "point", "seed", "params_removed", "accuracy"}
         assert record["net"] == "digits_ann" and 0.0 <= record["params_removed"] < 1.0
@@ -61,7 +61,8 @@ def test_frontier_quick_run(tmp_path):
         dpap = next(r for r in records if r["method"] == f"dpap_{point}")
         l1 = next(r for r in records if r["method"] == "l1_finetune" and r["point"] == point)
         assert abs(dpap["params_removed"] - l1["params_removed"]) < 0.01
-        for method in ("l1_channel", "taylor_channel", "movement_channel"):  # whole units: as close as unit sizes allow
+        for method in ("l1_channel", "taylor_channel", "movement_channel", "l1_mixed", "taylor_mixed",
+                       "movement_mixed"):  # whole units: as close as unit sizes allow
             channel = next(r for r in records if r["method"] == method and r["point"] == point)
             assert abs(dpap["params_removed"] - channel["params_removed"]) < 0.03
     assert (tmp_path / "frontier_quick.png").stat().st_size > 10_000
@@ -108,3 +109,32 @@ def test_controls_replay_dpap_counts_with_other_units():
     assert sum(s for _, s in seen.values()) >= 0.95 * sum(s for _, s in log.values())
     assert bool(((random.fc1.weight != 0) != (dpap.fc1.weight != 0)).any())  # other synapses
     assert bool((random.conv2.weight.flatten(1).any(1) != dpap.conv2.weight.flatten(1).any(1)).any())  # channels
+
+
+def test_frontier_mixed_granularity_matches_dpaps_structure():
+    """bench_frontier's ``*_mixed`` baselines: conv layers by whole output channels, FC layers by single weights,
+    each layer removing DPAP's count."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_frontier as frontier
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    run = frontier.Seed("digits_snn", frontier.NETS["digits_snn"], 0, torch.device("cpu"), quick=True)
+    assert run.layers == ["conv1", "conv2", "fc1"]
+    target = {"conv1": {"weights": 135, "weights_removed": 0},
+              "conv2": {"weights": 5400, "weights_removed": 2700},  # 20 of 40 channels
+              "fc1": {"weights": 48000, "weights_removed": 43200}}
+    config = {entry["op_names"][0]: entry for entry in run._config_for(target, "mixed")}
+    assert set(config) == {"conv2", "fc1"}
+    assert config["conv2"]["granularity"] == "out_channel"
+    assert int(config["conv2"]["sparse_ratio"] * 40) == 20  # NNI floors ratio x units
+    # half of fc1's 48000 weights are fed by removed channels: L1 / Taylor (scored at once) remove the rest of
+    # DPAP's 43200 among the other 24000; Movement masks the unfed ones first: 90% of the layer
+    assert config["fc1"]["granularity"] == [1, 1] and abs(config["fc1"]["sparse_ratio"] - 0.8) < 1e-6
+    movement = {e["op_names"][0]: e for e in run._config_for(target, "mixed", scored_at_once=False)}
+    assert abs(movement["fc1"]["sparse_ratio"] - 0.9) < 1e-6 and movement["conv2"] == config["conv2"]
+    channel = {entry["op_names"][0]: entry for entry in run._config_for(target, "channel")}
+    assert channel["fc1"]["granularity"] == "out_channel" and channel["conv2"] == config["conv2"]
+    assert {e["op_names"][0]: e for e in run._config_for(target, "weight")}["conv2"]["granularity"] == [1, 1, 1, 1]
