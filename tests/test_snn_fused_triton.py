@@ -30,9 +30,16 @@ def interpreted(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(fused_triton, "_STATE", fused_triton._State())
     monkeypatch.setattr(fused, "plain_cpu_tensor", lambda x: False)  # the C++ kernel off
-    sys.modules.pop(_KERNELS, None)
+    _forget_kernels()
     yield importlib.import_module(_KERNELS)
-    sys.modules.pop(_KERNELS, None)  # (a later import compiles for the GPU again)
+    _forget_kernels()  # (a later import compiles for the GPU again)
+
+
+def _forget_kernels() -> None:
+    sys.modules.pop(_KERNELS, None)
+    package = sys.modules["nni_dpap.snn"]
+    if hasattr(package, "_triton_lif"):
+        delattr(package, "_triton_lif")
 
 
 @pytest.mark.parametrize("cls,surrogate,detach,masked,v_reset,layout", list(itertools.product(
@@ -124,3 +131,34 @@ def test_whole_spiking_net_matches_the_loop(interpreted, neuron):
     assert sum(float(g.abs().sum()) for g in grads.values()) > 0
     for name, p in fast.named_parameters():
         torch.testing.assert_close(p.grad, grads[name], rtol=1e-5, atol=1e-6)
+
+
+def _signature(kernel, dtype: str) -> dict[str, str]:
+    """Triton signature of ``kernel`` for tensors of ``dtype``: pointers, i32/i64 sizes, fp64 settings."""
+    ints = {"T": "i32", "N": "i64", "L": "i32"}
+    return {name: ("constexpr" if name.isupper() and name not in ints else ints.get(name) or
+                   (f"*{dtype}" if name.endswith("_ptr") else "fp64"))
+            for name in kernel.arg_names}
+
+
+@pytest.mark.parametrize("kernel,dtype", [("lif_forward", "fp32"), ("lif_backward", "fp32"),
+                                          ("lif_backward", "fp64"), ("lif_backward", "fp16"),
+                                          ("lif_backward", "bf16")])
+def test_every_kernel_variant_compiles_for_a_gpu(kernel, dtype):
+    # the interpreter does not check what only GPU code generation checks (constexpr globals, types of the
+    # scalars, ...): compile each variant to a cubin for an A100 (sm_80) with Triton's own ptxas, no GPU needed
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = getattr(importlib.import_module(_KERNELS), kernel)
+    flags = [name for name in fn.arg_names if name.isupper() and name not in ("T", "N", "L", "F64", "BLOCK",
+                                                                              "GRAD_K")]
+    variants = itertools.product([False, True], repeat=len(flags)) if dtype == "fp32" else [(True,) * len(flags)]
+    for values in variants:
+        constexprs = {**dict(zip(flags, values)), "F64": dtype == "fp64", "BLOCK": 1024}
+        if "GRAD_K" in fn.arg_names:
+            constexprs["GRAD_K"] = constexprs.get("MUL", True)
+        compiled = triton.compile(ASTSource(fn=fn, signature=_signature(fn, dtype), constexprs=constexprs),
+                                  target=GPUTarget("cuda", 80, 32))
+        assert compiled.asm["cubin"] and ".entry " + kernel in compiled.asm["ptx"]

@@ -11,7 +11,9 @@ interpreted according to the environment when ``triton`` is first imported, so a
 tests interpret these kernels in a process that imported Triton before.
 
 Arithmetic: in float32 for float32 / float16 / bfloat16 tensors (loads are upcast, stores cast
-back), in float64 for float64 tensors.
+back), in float64 for float64 tensors. The scalar settings are passed as float64 (a Python float
+would be passed as float32) and rounded to the working precision in the kernel, as the loop and
+the C++ kernel round them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-_PI = 3.14159265358979323846  # == Python's math.pi
+_PI = tl.constexpr(3.14159265358979323846)  # == Python's math.pi (a kernel reads only constexpr globals)
 
 
 @triton.jit
@@ -54,10 +56,11 @@ def _gate_at(gate_ptr, t, j, L, m, dtype, GATE: tl.constexpr):
 
 
 @triton.jit
-def lif_forward(x_ptr, gate_ptr, s_ptr, h_ptr, k_ptr, T, N, L, k, vth, vr, MUL: tl.constexpr, GATE: tl.constexpr,
-                WRITE_H: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+def lif_forward(x_ptr, gate_ptr, s_ptr, h_ptr, k_ptr, T, N: tl.int64, L, k: tl.float64, vth: tl.float64,
+                vr: tl.float64, MUL: tl.constexpr, GATE: tl.constexpr, WRITE_H: tl.constexpr, F64: tl.constexpr,
+                BLOCK: tl.constexpr):
     dtype = tl.float64 if F64 else tl.float32
-    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # 64-bit offsets (and N): any size
     m = j < N
     k_, vth_, vr_ = _decay(k_ptr, k, BLOCK, dtype, MUL), tl.full([BLOCK], vth, dtype), tl.full([BLOCK], vr, dtype)
     v = vr_
@@ -72,12 +75,13 @@ def lif_forward(x_ptr, gate_ptr, s_ptr, h_ptr, k_ptr, T, N, L, k, vth, vr, MUL: 
 
 
 @triton.jit
-def lif_backward(gs_ptr, h_ptr, x_ptr, gate_ptr, gx_ptr, gk_ptr, k_ptr, T, N, L, k, vth, vr, alpha,
-                 MUL: tl.constexpr, GATE: tl.constexpr, SIGMOID: tl.constexpr, DETACH: tl.constexpr,
-                 GRAD_K: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+def lif_backward(gs_ptr, h_ptr, x_ptr, gate_ptr, gx_ptr, gk_ptr, k_ptr, T, N: tl.int64, L, k: tl.float64,
+                 vth: tl.float64, vr: tl.float64, alpha: tl.float64, MUL: tl.constexpr, GATE: tl.constexpr,
+                 SIGMOID: tl.constexpr, DETACH: tl.constexpr, GRAD_K: tl.constexpr, F64: tl.constexpr,
+                 BLOCK: tl.constexpr):
     dtype = tl.float64 if F64 else tl.float32
     pid = tl.program_id(0)
-    j = pid * BLOCK + tl.arange(0, BLOCK)
+    j = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = j < N
     k_, vth_, vr_ = _decay(k_ptr, k, BLOCK, dtype, MUL), tl.full([BLOCK], vth, dtype), tl.full([BLOCK], vr, dtype)
     alpha_ = tl.full([BLOCK], alpha, dtype)
