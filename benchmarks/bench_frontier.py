@@ -252,15 +252,13 @@ class Seed:
                                "granularity": [1] * dims})
         return config
 
-    def _config_for(self, target: dict[str, dict[str, int]], granularity: str,
-                    scored_at_once: bool = True) -> list[dict[str, Any]]:
+    def _config_for(self, target: dict[str, dict[str, int]], granularity: str) -> list[dict[str, Any]]:
         """The baselines' config list for ``granularity`` ``'weight'``, ``'channel'`` or ``'mixed'``."""
         if granularity == "weight":
             return self._config(target)
-        return self._channel_config(target, fine_linear=granularity == "mixed", scored_at_once=scored_at_once)
+        return self._channel_config(target, fine_linear=granularity == "mixed")
 
-    def _channel_config(self, target: dict[str, dict[str, int]], fine_linear: bool = False,
-                        scored_at_once: bool = True) -> list[dict[str, Any]]:
+    def _channel_config(self, target: dict[str, dict[str, int]], fine_linear: bool = False) -> list[dict[str, Any]]:
         """Whole output units (channels / neurons) removed so that each layer keeps as many weights as DPAP's.
 
         Layer by layer in forward order: a unit of a layer holds ``kernel x inputs kept`` weights, the
@@ -268,11 +266,10 @@ class Seed:
         weights come closest to what the DPAP run kept in that layer (at least one).
 
         ``fine_linear`` (DPAP's own mix): FC layers are matched on single weights instead. Their
-        weights fed by removed channels count as removed already, so the pruner's share is set so
-        that the total is DPAP's: L1 and Taylor score every weight at once, before those channels
-        fall silent, so their ratio applies to the weights still fed (``scored_at_once``); Movement's
-        scores of weights without input stop moving and are masked first, so its ratio is DPAP's
-        fraction of the whole layer.
+        weights fed by removed channels count as removed already; Movement's scores of those weights
+        stop moving and are masked first, so its ratio is DPAP's fraction of the whole layer; L1 and
+        Taylor, which score every weight at once before those channels fall silent, get the same
+        ratio here and :meth:`_fed_only` makes their FC masks exact.
         """
         model, kept, config = self._model(), {}, []
         for name in self.layers:
@@ -282,8 +279,7 @@ class Seed:
             units, removed = weight.shape[0], target[name]["weights_removed"]
             if fine_linear and weight.dim() == 2:
                 kept[name] = units
-                dead = round(weight.numel() * (1.0 - inputs)) if scored_at_once else 0
-                ratio = max(0.0, (removed - dead) / (weight.numel() - dead))
+                ratio = removed / weight.numel()
                 if ratio > 0:
                     config.append({"op_names": [name], "target_names": ["weight"], "sparse_ratio": round(ratio, 6),
                                    "granularity": [1, 1]})
@@ -293,6 +289,39 @@ class Seed:
                 config.append({"op_names": [name], "sparse_ratio": (units - kept[name] + 0.5) / units,
                                "granularity": "out_channel"})
         return config
+
+    def _fed_only(self, pruner: Any, target: dict[str, dict[str, int]], granularity: str) -> None:
+        """With DPAP's mix, each FC layer's mask removes the pruner's lowest-scored weights among those still fed.
+
+        L1 and Taylor score every weight at once; the weights fed by the channels they remove in the same
+        step count as removed anyway, so NNI's ratio over the whole layer would remove more or fewer
+        than DPAP did, depending on how the two overlap. Here the mask keeps the pruner's criterion and
+        removes exactly DPAP's count: the unfed weights, then the lowest-scored fed ones.
+        """
+        if granularity != "mixed":
+            return
+        generate = pruner._generate_sparsity
+
+        def fed_only(metrics: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+            masks = generate(metrics)
+            for name, targets in masks.items():
+                mask = targets.get("weight")
+                if mask is None or mask.dim() != 2:
+                    continue
+                source = self.upstream.get(name)
+                fed = torch.ones(mask.shape[1], dtype=torch.bool, device=mask.device)
+                if source in masks and "weight" in masks[source]:
+                    alive = masks[source]["weight"].flatten(1).any(1)  # the source's output channels kept
+                    fed = alive.repeat_interleave(mask.shape[1] // alive.numel())
+                fed = fed.expand_as(mask)
+                need = target[name]["weights_removed"] - int((~fed).sum())
+                score = torch.where(fed, metrics[name]["weight"].expand_as(mask).float(), torch.inf).flatten()
+                keep = fed.flatten().clone()
+                if need > 0:
+                    keep[score.topk(need, largest=False).indices] = False
+                targets["weight"] = keep.view_as(mask).to(mask.dtype)
+            return masks
+        pruner._generate_sparsity = fed_only
 
     def _finish(self, pruner: Any, model: nn.Module) -> nn.Module:
         masks = pruner.get_masks()
@@ -310,6 +339,7 @@ class Seed:
         model.load_state_dict(snapshot["model"])
         half = self.epochs // 2
         pruner = L1NormPruner(model, self._config_for(target, granularity))
+        self._fed_only(pruner, target, granularity)
         pruner.compress()
         optimizer = _continued_adam(model, self.net.lr, snapshot)  # the dense run's optimizer goes on
         training_function(self.batches, half, self._recorder(accuracies))(model, optimizer, classification_step, None,
@@ -326,6 +356,7 @@ class Seed:
                                    _adam(model, self.net.lr), classification_step)
         config = self._config_for(target, granularity)
         pruner = TaylorPruner(model, config, evaluator, training_steps=self.batches.steps)
+        self._fed_only(pruner, target, granularity)
         pruner.compress()  # one epoch of training collecting Taylor scores, then prune
         fine_tune = _continued_adam(model, self.net.lr, snapshot)
         training_function(self.batches, half + 1, self._recorder(accuracies))(
@@ -338,7 +369,7 @@ class Seed:
         evaluator = TorchEvaluator(training_function(self.batches, 0, self._recorder(accuracies)),
                                    _adam(model, self.net.lr), classification_step)
         steps = self.batches.steps
-        config = self._config_for(target, granularity, scored_at_once=False)
+        config = self._config_for(target, granularity)
         pruner = MovementPruner(model, config, evaluator, warmup_step=steps,
                                 cooldown_begin_step=max(int(0.75 * self.epochs * steps), steps + 1))
         pruner.compress(self.epochs * steps, self.epochs)

@@ -130,11 +130,40 @@ def test_frontier_mixed_granularity_matches_dpaps_structure():
     assert set(config) == {"conv2", "fc1"}
     assert config["conv2"]["granularity"] == "out_channel"
     assert int(config["conv2"]["sparse_ratio"] * 40) == 20  # NNI floors ratio x units
-    # half of fc1's 48000 weights are fed by removed channels: L1 / Taylor (scored at once) remove the rest of
-    # DPAP's 43200 among the other 24000; Movement masks the unfed ones first: 90% of the layer
-    assert config["fc1"]["granularity"] == [1, 1] and abs(config["fc1"]["sparse_ratio"] - 0.8) < 1e-6
-    movement = {e["op_names"][0]: e for e in run._config_for(target, "mixed", scored_at_once=False)}
-    assert abs(movement["fc1"]["sparse_ratio"] - 0.9) < 1e-6 and movement["conv2"] == config["conv2"]
+    assert config["fc1"]["granularity"] == [1, 1] and abs(config["fc1"]["sparse_ratio"] - 0.9) < 1e-6
     channel = {entry["op_names"][0]: entry for entry in run._config_for(target, "channel")}
     assert channel["fc1"]["granularity"] == "out_channel" and channel["conv2"] == config["conv2"]
     assert {e["op_names"][0]: e for e in run._config_for(target, "weight")}["conv2"]["granularity"] == [1, 1, 1, 1]
+
+
+def test_frontier_mixed_l1_removes_dpaps_count_among_the_fed_weights():
+    """L1 with DPAP's mix: the conv channels by L1 norm, then fc1's smallest weights among those still fed,
+    so that fc1 loses exactly DPAP's count (the weights behind removed channels included)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_frontier as frontier
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from nni.compression.pruning import L1NormPruner
+
+    run = frontier.Seed("digits_snn", frontier.NETS["digits_snn"], 0, torch.device("cpu"), quick=True)
+    target = {"conv1": {"weights": 135, "weights_removed": 0},
+              "conv2": {"weights": 5400, "weights_removed": 2700},
+              "fc1": {"weights": 48000, "weights_removed": 43200}}
+    model = run._model()
+    pruner = L1NormPruner(model, run._config_for(target, "mixed"))
+    run._fed_only(pruner, target, "mixed")
+    _, masks = pruner.compress()
+    kept_channels = masks["conv2"]["weight"].flatten(1).any(1)
+    assert int(kept_channels.sum()) == 20
+    weight, mask = model.fc1.weight.detach(), masks["fc1"]["weight"] > 0
+    fed = kept_channels.repeat_interleave(4).expand_as(mask)
+    assert not mask[~fed].any()  # nothing behind a removed channel is kept
+    assert int((~mask).sum()) == 43200  # exactly DPAP's count: 24000 unfed + 19200 of the 24000 fed
+    smallest_kept = weight.abs()[mask].min()
+    assert (weight.abs()[fed & ~mask] <= smallest_kept + 1e-6).all()  # the smallest fed weights went
+    # NNI's own ratio over the whole layer would keep a different number of fed weights
+    assert abs(int((~(weight.abs() > weight.abs().flatten().kthvalue(43200).values))[fed].sum()) - 19200) > 100
+
