@@ -162,3 +162,13 @@ def test_every_kernel_variant_compiles_for_a_gpu(kernel, dtype):
         compiled = triton.compile(ASTSource(fn=fn, signature=_signature(fn, dtype), constexprs=constexprs),
                                   target=GPUTarget("cuda", 80, 32))
         assert compiled.asm["cubin"] and ".entry " + kernel in compiled.asm["ptx"]
+
+
+def test_first_use_in_inference_mode(interpreted):
+    # the first call of a process often comes from an evaluation: the kernels' check must still pass
+    x = torch.randn(SHAPES["linear"], generator=torch.Generator().manual_seed(6)) + 0.5
+    ref, fast = _pair(LIFNeuron, "atan", False, False, 0.0, SHAPES["linear"][1])
+    with torch.inference_mode():
+        spikes = fast(x)
+    assert fused_triton.unavailable_reason() is None and fused_triton._STATE.probed
+    assert torch.equal(spikes.bool(), ref(x).detach().bool())

@@ -185,7 +185,7 @@ def lif_multi_step(x: Tensor, cfg: FusedConfig, k: Tensor | None = None, time_ma
         k = k.to(x.dtype).reshape(1)  # the loop multiplies in x's dtype
     try:
         if x.device not in _STATE.probed:
-            with torch.enable_grad():
+            with torch.inference_mode(False), torch.enable_grad():  # (the first call may come from evaluation)
                 _probe(lib, x.device)
             _STATE.probed.add(x.device)
         if torch.is_grad_enabled() and (x.requires_grad or (k is not None and k.requires_grad)):
