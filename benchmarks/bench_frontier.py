@@ -491,6 +491,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.2), squeeze=False)
     markers = {"dpap": ("o", "C0"), "l1_finetune": ("s", "C1"), "taylor": ("^", "C2"), "movement": ("v", "C3"),
                "l1_channel": ("D", "C4"), "taylor_channel": ("P", "C5"), "movement_channel": ("X", "C6"),
+               "l1_mixed": ("<", "C7"), "taylor_mixed": (">", "C8"), "movement_mixed": ("h", "C9"),
                "dense": ("*", "k")}
     for ax, net in zip(axes[0], nets):
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
