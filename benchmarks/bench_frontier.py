@@ -39,7 +39,7 @@ dense run of its seed (the paper's convergence measure).
 Records go to ``results/frontier.jsonl`` as they are made (an interrupted run resumes
 where it stopped), then ``frontier.json``, ``frontier.md`` and ``frontier.png``.
 
-    python benchmarks/bench_frontier.py                      # all nets, 5 seeds (about 2 hours on 2 cores)
+    python benchmarks/bench_frontier.py                      # all nets, 5 seeds (about 3 hours on 2 cores)
     python benchmarks/bench_frontier.py --nets digits_snn --seeds 0 1
 """
 
