@@ -75,7 +75,12 @@ MATCH_FROM = 0.70  # baselines are matched where DPAP removes at least this much
 #: (``*_mixed``: conv layers by whole channels, FC layers by single weights)
 BASELINES = ("l1_finetune", "taylor", "movement", "l1_channel", "taylor_channel", "movement_channel",
              "l1_mixed", "taylor_mixed", "movement_mixed")
-GRANULARITY = {"channel": "channel", "mixed": "mixed"}  # method suffix -> granularity (else single weights)
+
+
+def granularity_of(method: str) -> str:
+    """A baseline's granularity from its name: ``'channel'``, ``'mixed'`` or single weights (``'weight'``)."""
+    suffix = method.rpartition("_")[2]
+    return suffix if suffix in ("channel", "mixed") else "weight"
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,15 @@ def _continued_adam(model: nn.Module, lr: float, snapshot: dict[str, Any]) -> to
     return optimizer
 
 
+def _weight_entry(model: nn.Module, name: str, target: dict[str, dict[str, int]]) -> dict[str, Any] | None:
+    """NNI's config entry masking single weights of ``name``: the fraction of its weights DPAP removed."""
+    ratio = target[name]["weights_removed"] / target[name]["weights"]
+    if ratio <= 0:
+        return None
+    return {"op_names": [name], "target_names": ["weight"], "sparse_ratio": round(ratio, 6),
+            "granularity": [1] * model.get_submodule(name).weight.dim()}
+
+
 def _prunable(model: nn.Module) -> list[str]:
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     return layers[:-1]  # the output layer is never pruned
@@ -243,14 +257,8 @@ class Seed:
 
     def _config(self, target: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
         """Weight-level masks removing, layer by layer, as many weights as the DPAP run removed."""
-        config = []
-        for name in self.layers:
-            ratio = target[name]["weights_removed"] / target[name]["weights"]
-            if ratio > 0:
-                dims = self._model().get_submodule(name).weight.dim()
-                config.append({"op_names": [name], "target_names": ["weight"], "sparse_ratio": round(ratio, 6),
-                               "granularity": [1] * dims})
-        return config
+        model = self._model()
+        return [entry for name in self.layers if (entry := _weight_entry(model, name, target)) is not None]
 
     def _config_for(self, target: dict[str, dict[str, int]], granularity: str) -> list[dict[str, Any]]:
         """The baselines' config list for ``granularity`` ``'weight'``, ``'channel'`` or ``'mixed'``."""
@@ -279,10 +287,8 @@ class Seed:
             units, removed = weight.shape[0], target[name]["weights_removed"]
             if fine_linear and weight.dim() == 2:
                 kept[name] = units
-                ratio = removed / weight.numel()
-                if ratio > 0:
-                    config.append({"op_names": [name], "target_names": ["weight"], "sparse_ratio": round(ratio, 6),
-                                   "granularity": [1, 1]})
+                if (entry := _weight_entry(model, name, target)) is not None:
+                    config.append(entry)
                 continue
             kept[name] = min(units, max(1, round((weight.numel() - removed) / (weight[0].numel() * inputs))))
             if kept[name] < units:  # NNI floors ratio x units: +0.5 removes exactly units - kept
@@ -422,7 +428,7 @@ def run_seed(name: str, net: Net, seed: int, device: torch.device, quick: bool, 
         for method in BASELINES:
             if (method, point) in have:
                 continue
-            granularity = GRANULARITY.get(method.rpartition("_")[2], "weight")
+            granularity = granularity_of(method)
             if method.startswith("movement"):  # from the initial weights, like DPAP
                 start = time.perf_counter()
                 model, accuracies = run.movement(target, granularity)

@@ -134,6 +134,7 @@ def test_frontier_mixed_granularity_matches_dpaps_structure():
     channel = {entry["op_names"][0]: entry for entry in run._config_for(target, "channel")}
     assert channel["fc1"]["granularity"] == "out_channel" and channel["conv2"] == config["conv2"]
     assert {e["op_names"][0]: e for e in run._config_for(target, "weight")}["conv2"]["granularity"] == [1, 1, 1, 1]
+    assert [frontier.granularity_of(m) for m in frontier.BASELINES] == ["weight"] * 3 + ["channel"] * 3 + ["mixed"] * 3
 
 
 def test_frontier_mixed_l1_removes_dpaps_count_among_the_fed_weights():
