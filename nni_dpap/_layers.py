@@ -22,7 +22,7 @@ from .adapters import NeuronAdapter, find_adapter
 from .errors import ConfigError, ShapeError
 from .graph import LayerLink
 from .metrics import LayerStatistics, window_importance
-from .plasticity import reduce_spatial
+from .plasticity import developmental_value, reduce_spatial
 from .policy import DPAPConfig, SurvivalState
 from .slicing import KeptIndices
 
@@ -212,21 +212,34 @@ class LayerState:
         """The importance of a window of (rank-summed) statistics, over the synapses that still exist.
 
         With ``synapse_importance='bcm_weight'`` a synapse's importance is also scaled by its ``|w|``
+        (and with ``neuron_importance='spine_weight'`` each spine in a unit's D of Eq. (7))
         (summed over a kernel slice); with ``synapse_competition='neuron'`` it is then divided by the
         summed ``|importance|`` of its neuron's synapses.
         """
         importance = window_importance(window, self.synapse_mask.float(), self.config.normalize_spine_factors,
                                        self.removed_units)
+        if self.config.neuron_importance == "spine_weight":
+            importance["neuron"] = developmental_value(window["bcm"] * self.strength(), window["trace"],
+                                                       self.synapse_mask.float(),
+                                                       self.config.normalize_spine_factors, self.removed_units)
         if self.synapses is not None and self.config.synapse_importance == "bcm_weight":
-            strength = self.weight.detach().abs()
-            if strength.dim() > 2:
-                strength = strength.flatten(2).sum(-1)
-            importance["synapse"] = importance["synapse"] * strength.to(importance["synapse"].device)
+            importance["synapse"] = importance["synapse"] * self.strength()
         if self.synapses is not None and self.config.synapse_competition == "neuron":
             synapse = importance["synapse"]  # (pruned synapses and removed inputs hold 0: they add nothing)
             total = (synapse.abs() * self.synapse_mask).sum(1, keepdim=True)
             importance["synapse"] = torch.where(total > 0, synapse / total.clamp_min(1e-30), 0.0)
         return importance
+
+    def strength(self) -> Tensor:
+        """``|w|`` of every synapse as ``[n_out, n_in]`` (summed over a kernel slice; 0 where groups forbid)."""
+        strength = self.weight.detach().abs()
+        if strength.dim() > 2:
+            strength = strength.flatten(2).sum(-1)
+        allowed = self.connectivity.bool()
+        if strength.shape != allowed.shape:  # a grouped conv holds only its groups' synapses, row by row
+            strength = torch.zeros(allowed.shape, dtype=strength.dtype, device=strength.device).masked_scatter_(
+                allowed.to(strength.device), strength)
+        return strength.to(self.connectivity.device)
 
     def update(self, importance: Mapping[str, Tensor], epoch: int, keep_at_least: int) -> None:
         """Eqs. (9)-(11) for every kind of unit of the layer, with the importance of ``epoch``."""

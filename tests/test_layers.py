@@ -144,6 +144,36 @@ def test_bcm_weight_synapse_importance_scales_by_the_weight():
     assert_close(scaled["neuron"], base["neuron"])
 
 
+def test_spine_weight_neuron_importance_weighs_each_spine_by_its_weight():
+    modules = {"layer": nn.Linear(3, 2), "sn": nn.ReLU()}
+    link = LayerLink("layer", "linear", "sn", False, (Readout("sn", None),))
+    with torch.no_grad():
+        modules["layer"].weight.copy_(torch.tensor([[1.0, -2.0, 4.0], [0.5, 0.0, -3.0]]))
+    plain = LayerState.build(link, modules, CONFIG, False, torch.device("cpu"))
+    weighted = LayerState.build(link, modules, get_preset(CONFIG, neuron_importance="spine_weight"), False,
+                                torch.device("cpu"))
+    assert weighted.synapses is not None
+    weighted.synapses.mask = torch.tensor([[True, True, False], [True, True, True]])  # neuron 0 lost a spine
+    window = {"bcm": torch.tensor([[2.0, -1.0, 5.0], [1.0, 7.0, 2.0]]), "trace": torch.tensor([3.0, 0.5])}
+    # D_i = trace_i * sum_j BCM_ij |w_ij| over the spines that exist: 3 * (2 - 2), 0.5 * (0.5 + 0 + 6)
+    assert_close(weighted.importance(window)["neuron"], torch.tensor([0.0, 3.25]))
+    assert_close(plain.importance(window)["neuron"], torch.tensor([18.0, 5.0]))  # all spines, BCM alone
+    assert_close(weighted.importance(window)["synapse"], window["bcm"])  # synapses: BCM alone, as before
+
+
+def test_strength_of_a_grouped_conv_fills_its_groups_only():
+    conv = nn.Conv2d(4, 4, 3, groups=2)
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(72.0).view(4, 2, 3, 3) - 30.0)
+    link = LayerLink("layer", "conv", "sn", False, (Readout("sn", None),))
+    state = LayerState.build(link, {"layer": conv, "sn": nn.ReLU()}, get_preset(CONFIG, prune_conv_kernels=False),
+                             False, torch.device("cpu"))
+    per_kernel = (torch.arange(72.0).view(4, 2, 9) - 30.0).abs().sum(-1)
+    expected = torch.zeros(4, 4)
+    expected[:2, :2], expected[2:, 2:] = per_kernel[:2], per_kernel[2:]
+    assert_close(state.strength(), expected)
+
+
 def test_neuron_competition_ranks_each_synapse_by_its_share_of_its_neuron():
     modules = {"layer": nn.Linear(3, 2), "sn": nn.ReLU()}
     link = LayerLink("layer", "linear", "sn", False, (Readout("sn", None),))

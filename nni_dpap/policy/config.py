@@ -44,6 +44,7 @@ Accumulation = Literal["epoch", "cumulative"]
 Unit = Literal["neurons", "synapses", "time"]
 SynapseImportance = Literal["bcm", "bcm_weight"]
 SynapseCompetition = Literal["layer", "neuron"]
+NeuronImportance = Literal["spine", "spine_weight"]
 #: The groups of units DPAP prunes, as named by ``alive_normalization`` (and the ``prune_*`` flags).
 UNIT_GROUPS = ("conv_channels", "conv_kernels", "linear_neurons", "linear_synapses", "time")
 
@@ -109,6 +110,11 @@ class DPAPConfig:
         its postsynaptic neuron's synapses (its share of the neuron's total), so that synapses
         compete within their neuron (heterosynaptic competition) and every neuron keeps its own
         strongest inputs. A lever, not a default (``benchmarks/README.md``, controls).
+    neuron_importance
+        ``'spine'``: a neuron's / channel's importance is D of Eq. (7), its trace times the summed
+        BCM of its spines (paper); ``'spine_weight'``: each spine's BCM is first scaled by its
+        synapse's ``|w|`` (summed over a kernel slice), so a unit must fire and hold strong
+        potentiated inputs to stay.
     """
 
     name: str = "custom"
@@ -132,6 +138,7 @@ class DPAPConfig:
     linear_synapse_percentiles: tuple[float | None, float] | None = None
     synapse_importance: SynapseImportance = "bcm"
     synapse_competition: SynapseCompetition = "layer"
+    neuron_importance: NeuronImportance = "spine"
 
     def __post_init__(self) -> None:
         check_choice("normalization", self.normalization, ["minmax", "percentile"])
@@ -139,6 +146,7 @@ class DPAPConfig:
         check_choice("accumulation", self.accumulation, ["epoch", "cumulative"])
         check_choice("synapse_importance", self.synapse_importance, ["bcm", "bcm_weight"])
         check_choice("synapse_competition", self.synapse_competition, ["layer", "neuron"])
+        check_choice("neuron_importance", self.neuron_importance, ["spine", "spine_weight"])
         for flag in ("strict_positive", "normalize_spine_factors", "relative_schedule", "prune_conv_channels",
                      "prune_conv_kernels", "prune_linear_neurons", "prune_linear_synapses", "prune_first_conv"):
             check_bool(flag, getattr(self, flag))
