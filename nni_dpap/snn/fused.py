@@ -69,6 +69,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._fused_autograd import FusedKernels, fused_lif
+
 _logger = logging.getLogger(__name__)
 
 __all__ = ["FusedConfig", "available", "library", "lif_multi_step", "plain_cpu_tensor", "unavailable_reason"]
@@ -310,56 +312,34 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _forward(lib: ctypes.CDLL, x: Tensor, gate: Tensor | None, k: float, mul: bool, cfg: FusedConfig,
+def _forward(lib: ctypes.CDLL, x: Tensor, gate: Tensor | None, k: Tensor | None, cfg: FusedConfig,
              write_h: bool) -> tuple[Tensor, Tensor | None]:
     geo = _geometry(x, cfg.T, gate is not None)
     s = torch.empty_like(x, memory_format=torch.contiguous_format)
     h = torch.empty_like(s) if write_h else None
     if x.numel():
-        lib.nni_dpap_lif_forward(DTYPE_CODES[x.dtype], _ptr(x), _ptr(gate), _ptr(s), _ptr(h), geo.T, geo.B, geo.L, k,
-                                 cfg.v_threshold, cfg.v_reset, int(mul), threads_for(geo.B * geo.L))
+        lib.nni_dpap_lif_forward(DTYPE_CODES[x.dtype], _ptr(x), _ptr(gate), _ptr(s), _ptr(h), geo.T, geo.B, geo.L,
+                                 _decay(k, cfg), cfg.v_threshold, cfg.v_reset, int(k is not None),
+                                 threads_for(geo.B * geo.L))
     return s, h
 
 
-def _backward(lib: ctypes.CDLL, grad_s: Tensor, h: Tensor, x: Tensor | None, gate: Tensor | None, k: float,
-              mul: bool, cfg: FusedConfig) -> tuple[Tensor, float]:
+def _backward(lib: ctypes.CDLL, grad_s: Tensor, h: Tensor, x: Tensor | None, gate: Tensor | None, k: Tensor | None,
+              cfg: FusedConfig) -> tuple[Tensor, Tensor | None]:
     geo = _geometry(h, cfg.T, gate is not None)
     grad_x = torch.empty_like(h)
     grad_k = 0.0
     if h.numel():
         grad_k = lib.nni_dpap_lif_backward(
-            DTYPE_CODES[h.dtype], _ptr(grad_s), _ptr(h), _ptr(x), _ptr(gate), _ptr(grad_x), geo.T, geo.B, geo.L, k,
-            cfg.v_threshold, cfg.v_reset, int(mul), int(cfg.surrogate == "sigmoid"), cfg.alpha,
-            int(cfg.detach_reset), int(x is not None), threads_for(geo.B * geo.L))
-    return grad_x, grad_k
+            DTYPE_CODES[h.dtype], _ptr(grad_s), _ptr(h), _ptr(x), _ptr(gate), _ptr(grad_x), geo.T, geo.B, geo.L,
+            _decay(k, cfg), cfg.v_threshold, cfg.v_reset, int(k is not None), int(cfg.surrogate == "sigmoid"),
+            cfg.alpha, int(cfg.detach_reset), int(x is not None), threads_for(geo.B * geo.L))
+    return grad_x, (torch.tensor(grad_k, dtype=h.dtype) if x is not None else None)
 
 
-class _FusedLIF(torch.autograd.Function):
-    """Spikes (and, non-differentiable, ``H``) of a multi-step LIF/PLIF neuron; fused backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, k: Tensor | None, gate: Tensor | None, cfg: FusedConfig,
-                lib: ctypes.CDLL) -> tuple[Tensor, Tensor]:
-        mul = k is not None
-        k_value = float(k) if mul else float(cfg.tau)  # type: ignore[arg-type]
-        s, h = _forward(lib, x, gate, k_value, mul, cfg, write_h=True)
-        assert h is not None
-        ctx.mark_non_differentiable(h)  # and not materialised: autograd would fill a zero tensor of x's size for it
-        ctx.set_materialize_grads(False)
-        grad_k = mul and ctx.needs_input_grad[1]
-        ctx.save_for_backward(h, x if grad_k else None, gate)
-        ctx.cfg, ctx.lib, ctx.k_value, ctx.mul = cfg, lib, k_value, mul
-        return s, h
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_s: Tensor, grad_h: Tensor | None) -> tuple[Tensor | None, Tensor | None, None, None,
-                                                                            None]:
-        h, x, gate = ctx.saved_tensors
-        grad_s = grad_s.to(h.dtype).contiguous()
-        grad_x, grad_k = _backward(ctx.lib, grad_s, h, x, gate, ctx.k_value, ctx.mul, ctx.cfg)
-        grad_k_tensor = torch.tensor(grad_k, dtype=h.dtype) if x is not None else None
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_k_tensor, None, None, None
+def _decay(k: Tensor | None, cfg: FusedConfig) -> float:
+    """The kernel's decay argument: PLIF's ``k``, or LIF's ``tau`` (the kernel divides by it)."""
+    return float(k) if k is not None else float(cfg.tau)  # type: ignore[arg-type]
 
 
 def lif_multi_step(x: Tensor, cfg: FusedConfig, k: Tensor | None = None, time_mask: Tensor | None = None,
@@ -392,9 +372,8 @@ def lif_multi_step(x: Tensor, cfg: FusedConfig, k: Tensor | None = None, time_ma
     gate = None if time_mask is None else _expand_gate(time_mask, x, cfg.T)
     if k is not None:
         k = k.to(x.dtype)  # the loop multiplies in x's dtype
-    differentiable = torch.is_grad_enabled() and (x.requires_grad or (k is not None and k.requires_grad))
-    if differentiable:
-        s, h = _FusedLIF.apply(x, k, gate, cfg, lib)
+    if torch.is_grad_enabled() and (x.requires_grad or (k is not None and k.requires_grad)):
+        kernels = FusedKernels(functools.partial(_forward, lib), functools.partial(_backward, lib))
+        s, h = fused_lif(x, k, gate, cfg, kernels)
         return s, (h if need_h else None)
-    k_value = float(k) if k is not None else float(cfg.tau)  # type: ignore[arg-type]
-    return _forward(lib, x, gate, k_value, k is not None, cfg, write_h=need_h)
+    return _forward(lib, x, gate, k, cfg, write_h=need_h)

@@ -20,6 +20,7 @@ neurons run the Python loop for the rest of the process.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._fused_autograd import FusedKernels, fused_lif
 from .fused import FusedConfig, _expand_gate
 
 _logger = logging.getLogger(__name__)
@@ -135,37 +137,15 @@ def _tau(cfg: FusedConfig) -> float:
     return float(cfg.tau) if cfg.tau is not None else 1.0  # (PLIF reads its decay from k)
 
 
-class _FusedLIF(torch.autograd.Function):
-    """Spikes (and, non-differentiable, ``H``) of a multi-step LIF/PLIF neuron; fused backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, k: Tensor | None, gate: Tensor | None, cfg: FusedConfig,
-                lib: ModuleType) -> tuple[Tensor, Tensor]:
-        s, h = _forward(lib, x, gate, k, cfg, write_h=True)
-        assert h is not None
-        ctx.mark_non_differentiable(h)
-        ctx.set_materialize_grads(False)
-        grad_k = k is not None and ctx.needs_input_grad[1]
-        ctx.save_for_backward(h, x if grad_k else None, gate, k)
-        ctx.cfg, ctx.lib = cfg, lib
-        return s, h
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_s: Tensor, grad_h: Tensor | None) -> tuple[Tensor | None, Tensor | None, None, None,
-                                                                            None]:
-        h, x, gate, k = ctx.saved_tensors
-        grad_s = grad_s.to(h.dtype).contiguous()
-        grad_x, grad_k = _backward(ctx.lib, grad_s, h, x, gate, k, ctx.cfg)
-        grad_k = None if grad_k is None else grad_k.reshape(k.shape)
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_k, None, None, None
+def _kernels(lib: ModuleType) -> FusedKernels:
+    return FusedKernels(functools.partial(_forward, lib), functools.partial(_backward, lib))
 
 
 def _probe(lib: ModuleType, device: torch.device) -> None:
     """Compile and launch both kernels once on a small input (raises where Triton cannot run here)."""
     cfg = FusedConfig(T=2, v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate="atan", alpha=2.0, tau=2.0)
     x = torch.ones(2, 4, device=device, requires_grad=True)
-    s, _ = _FusedLIF.apply(x, None, None, cfg, lib)
+    s, _ = fused_lif(x, None, None, cfg, _kernels(lib))
     s.sum().backward()
 
 
@@ -189,7 +169,7 @@ def lif_multi_step(x: Tensor, cfg: FusedConfig, k: Tensor | None = None, time_ma
                 _probe(lib, x.device)
             _STATE.probed.add(x.device)
         if torch.is_grad_enabled() and (x.requires_grad or (k is not None and k.requires_grad)):
-            s, h = _FusedLIF.apply(x, k, gate, cfg, lib)
+            s, h = fused_lif(x, k, gate, cfg, _kernels(lib))
             return s, (h if need_h else None)
         return _forward(lib, x, gate, k, cfg, write_h=need_h)
     except Exception as exc:  # a compile or launch failure (an unsupported GPU, no ptxas, ...): the loop from now on
