@@ -27,6 +27,8 @@ experiment, not a library feature). Records go to ``results/controls.jsonl`` as 
 
     python benchmarks/bench_controls.py          # digits SNN (10 seeds), mnist5k SNN (5 seeds): about 50 minutes
     python benchmarks/bench_controls.py --nets digits_snn --seeds 0 1 --controls random magnitude
+    python benchmarks/bench_controls.py --nets mnist5k_snn --controls magnitude@fc1.neurons magnitude@fc1.synapses \
+        magnitude@conv2                        # |w| in one layer or kind (make bench runs it): about 15 minutes
 """
 
 from __future__ import annotations
