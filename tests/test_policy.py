@@ -203,3 +203,5 @@ def test_unit_groups_forms_and_validation():
         get_preset("braincog", synapse_importance="weight")
     with pytest.raises(ConfigError, match=r"synapse_competition must be one of \['layer', 'neuron'\]"):
         get_preset("braincog", synapse_competition="column")
+    with pytest.raises(ConfigError, match=r"neuron_importance must be one of \['spine', 'spine_weight'\]"):
+        get_preset("braincog", neuron_importance="weight")
