@@ -212,18 +212,22 @@ class LayerState:
         """The importance of a window of (rank-summed) statistics, over the synapses that still exist.
 
         With ``synapse_importance='bcm_weight'`` a synapse's importance is also scaled by its ``|w|``
-        (and with ``neuron_importance='spine_weight'`` each spine in a unit's D of Eq. (7))
-        (summed over a kernel slice); with ``synapse_competition='neuron'`` it is then divided by the
-        summed ``|importance|`` of its neuron's synapses.
+        (summed over a kernel slice), and with ``neuron_importance='spine_weight'`` so is each spine's
+        BCM in a unit's D of Eq. (7); with ``synapse_competition='neuron'`` a synapse's importance is
+        then divided by the summed ``|importance|`` of its neuron's synapses.
         """
         importance = window_importance(window, self.synapse_mask.float(), self.config.normalize_spine_factors,
                                        self.removed_units)
-        if self.config.neuron_importance == "spine_weight":
-            importance["neuron"] = developmental_value(window["bcm"] * self.strength(), window["trace"],
-                                                       self.synapse_mask.float(),
-                                                       self.config.normalize_spine_factors, self.removed_units)
-        if self.synapses is not None and self.config.synapse_importance == "bcm_weight":
-            importance["synapse"] = importance["synapse"] * self.strength()
+        weigh_synapses = self.synapses is not None and self.config.synapse_importance == "bcm_weight"
+        weigh_spines = self.config.neuron_importance == "spine_weight"
+        if weigh_synapses or weigh_spines:
+            strength = self.strength()
+            if weigh_spines:
+                importance["neuron"] = developmental_value(window["bcm"] * strength, window["trace"],
+                                                           self.synapse_mask.float(),
+                                                           self.config.normalize_spine_factors, self.removed_units)
+            if weigh_synapses:
+                importance["synapse"] = importance["synapse"] * strength
         if self.synapses is not None and self.config.synapse_competition == "neuron":
             synapse = importance["synapse"]  # (pruned synapses and removed inputs hold 0: they add nothing)
             total = (synapse.abs() * self.synapse_mask).sum(1, keepdim=True)
