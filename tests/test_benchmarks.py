@@ -168,3 +168,35 @@ def test_frontier_mixed_l1_removes_dpaps_count_among_the_fed_weights():
     # NNI's own ratio over the whole layer would keep a different number of fed weights
     assert abs(int((~(weight.abs() > weight.abs().flatten().kthvalue(43200).values))[fed].sum()) - 19200) > 100
 
+
+
+def test_frontier_target_check_pairs_seeds_and_separates_noise_from_a_real_gap():
+    """bench_frontier.target_check: DPAP minus each matched baseline, paired by seed, with a Student-t interval."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_frontier as frontier
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def record(method: str, seed: int, accuracy: float, point: str = "p") -> dict:
+        return {"net": "n", "method": method, "point": point, "seed": seed, "accuracy": accuracy,
+                "params_removed": 0.9}
+
+    dpap = [97.0, 96.0, 98.0]
+    records = [record("dense", s, 99.0, "-") for s in range(3)] + [record("dpap_p", s, a) for s, a in enumerate(dpap)]
+    records += [record("l1_finetune", s, a) for s, a in enumerate(dpap)]  # level in every seed
+    records += [record("taylor", s, a + d) for s, (a, d) in enumerate(zip(dpap, [1.0, 1.1, 0.9]))]  # clearly ahead
+    records += [record("movement", s, a + d) for s, (a, d) in enumerate(zip(dpap, [0.6, -0.4, 0.2]))]  # noisy
+    records += [record("movement", 3, 50.0), record("l1_channel", 0, 90.0, "other")]  # unpaired: ignored
+    _, rows = frontier.target_check(records)
+    by = {r["baseline"]: r for r in rows}
+    assert set(by) == {"l1_finetune", "taylor", "movement"}
+    assert by["l1_finetune"]["verdict"] == "met" and abs(by["l1_finetune"]["difference_mean"]) < 1e-5
+    taylor = by["taylor"]
+    assert taylor["verdict"] == "behind" and taylor["seeds_level_or_ahead"] == 0
+    assert abs(taylor["difference_mean"] + 1.0) < 1e-5 and abs(taylor["difference_std"] - 0.1) < 1e-5
+    half = 4.302653 * 0.1 / 3 ** 0.5  # t(0.975, 2 degrees of freedom)
+    assert abs(taylor["interval"][0] + 1.0 + half) < 1e-5 and abs(taylor["interval"][1] + 1.0 - half) < 1e-5
+    movement = by["movement"]
+    assert movement["seeds"] == 3 and abs(movement["difference_mean"] + 0.4 / 3) < 1e-5
+    assert movement["verdict"] == "behind, within noise" and movement["seeds_level_or_ahead"] == 1
