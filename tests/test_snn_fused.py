@@ -265,8 +265,9 @@ def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
 
 
 def test_corrupt_cached_library_is_rebuilt(monkeypatch, tmp_path, caplog):
-    # also the one test that always compiles the kernel from scratch (a few seconds)
+    # also a test that always compiles the kernel from scratch: at -O0 (4 s here instead of 40 s at -O3)
     monkeypatch.setenv("NNI_DPAP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("NNI_DPAP_CXXFLAGS", "-O0")
     monkeypatch.setattr(fused, "_STATE", fused._State())
     cxx = fused._compiler()
     if cxx is None:
@@ -318,12 +319,22 @@ def test_cpu_specific_build_falls_back_to_portable_and_is_keyed_by_cpu(monkeypat
     monkeypatch.setattr(fused, "_cpu_features", lambda: "model name : another CPU")
     assert fused._stem(cxx) != stem  # a shared cache never hands one CPU's library to another
     wrapper = tmp_path / "no-native-cxx"  # a compiler that refuses -march=native
-    wrapper.write_text("#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -march=native ] && exit 1; done\n"
+    calls = tmp_path / "calls"
+    wrapper.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n"
+                       "for a in \"$@\"; do [ \"$a\" = -march=native ] && exit 1; done\n"
                        f"exec {' '.join(cxx)} \"$@\"\n")
     wrapper.chmod(0o755)
     monkeypatch.setenv("NNI_DPAP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", str(wrapper))
+    plain = fused._stem([str(wrapper)])
+    monkeypatch.setenv("NNI_DPAP_CXXFLAGS", "-O0 -DNNI_DPAP_TEST")  # the user's flags: last, and in the cache key
+    assert fused._stem([str(wrapper)]) != plain
     monkeypatch.setattr(fused, "_STATE", fused._State())
     assert fused.available()
+    tried = [line.split(" -o ")[0] for line in calls.read_text().splitlines()]
+    assert len(tried) == 2
+    assert tried[0].endswith("-fno-trapping-math -march=native -fopenmp -O0 -DNNI_DPAP_TEST")  # refused
+    assert tried[1].endswith("-O3 -std=c++17 -shared -fPIC -ffp-contract=off -fno-fast-math -fno-trapping-math "
+                             "-fopenmp -O0 -DNNI_DPAP_TEST")
     x = torch.tensor([0.5, 3.0, 1.0, 2.5])
     torch.testing.assert_close(LIFNeuron(T=2)(x), torch.tensor([0.0, 1.0, 0.0, 1.0]), rtol=0, atol=1e-6)

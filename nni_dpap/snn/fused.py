@@ -18,7 +18,8 @@ The kernel, ``_lif_kernel.cpp`` next to this module (package data; it also holds
 :mod:`~nni_dpap.snn.pooling` and the input stage of :mod:`~nni_dpap.snn.direct`), plain C++17 with a C ABI
 and **no torch headers**, is compiled on first use with the system's C++ compiler (``$CXX``, else
 ``c++``/``g++``/``clang++``) into a shared library cached under ``$NNI_DPAP_CACHE_DIR`` (default
-``~/.cache/nni_dpap``), keyed by a hash of the source, flags, compiler and CPU (built with ``-march=native``:
+``~/.cache/nni_dpap``; ``$NNI_DPAP_CXXFLAGS`` adds compiler flags, e.g. ``-O1`` for a 3x faster build of a
+slower kernel), keyed by a hash of the source, flags, compiler and CPU (built with ``-march=native``:
 AVX2 made the forward 6-15x faster than baseline x86-64 code), and called through :mod:`ctypes` (which
 releases the GIL). Every (sample, chunk of 512 features) is an independent work item whose membrane stays
 in a stack array while the ``T`` loop runs over it, so the data streams through once and the inner loop
@@ -145,6 +146,11 @@ def _compiler() -> list[str] | None:
     return None
 
 
+def _user_flags() -> list[str]:
+    """``$NNI_DPAP_CXXFLAGS``, passed after ours (the last flag wins: ``-O1`` over ``-O3``)."""
+    return shlex.split(os.environ.get("NNI_DPAP_CXXFLAGS", ""))
+
+
 def _cache_dir() -> Path:
     root = os.environ.get("NNI_DPAP_CACHE_DIR")
     if not root:
@@ -172,7 +178,7 @@ def _compile(cxx: list[str], directory: Path, stem: str) -> Path:
     error = ""
     try:
         for extra in ((_NATIVE, _OPENMP), (_OPENMP,), (_NATIVE,), ()):
-            cmd = [*cxx, *_FLAGS, *extra, "-o", str(tmp), str(source)]
+            cmd = [*cxx, *_FLAGS, *extra, *_user_flags(), "-o", str(tmp), str(source)]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if proc.returncode == 0:
                 os.replace(tmp, target)  # atomic
@@ -205,8 +211,8 @@ def _build() -> ctypes.CDLL:
 
 def _stem(cxx: list[str]) -> str:
     """File name (without suffix) of the library: changes with the source, flags, compiler and platform."""
-    key = hashlib.sha256("\0".join([_source(), *_FLAGS, _NATIVE, *cxx, platform.machine(), sys.platform,
-                                    _cpu_features()]).encode())
+    key = hashlib.sha256("\0".join([_source(), *_FLAGS, *_user_flags(), _NATIVE, *cxx, platform.machine(),
+                                    sys.platform, _cpu_features()]).encode())
     return f"lif_{key.hexdigest()[:16]}"
 
 
