@@ -523,19 +523,20 @@ def target_check(records: list[dict[str, Any]], tolerance: float = TOLERANCE,
                     continue
                 diffs = [dpap[s]["accuracy"] - base[s]["accuracy"] for s in seeds]
                 mean = statistics.fmean(diffs)
-                std = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
-                half = (stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1) * std / math.sqrt(len(diffs))
-                        if len(diffs) > 1 else math.inf)
+                std = statistics.stdev(diffs) if len(diffs) > 1 else None  # (one seed: no spread, no interval)
+                half = None if std is None else \
+                    float(stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1)) * std / math.sqrt(len(diffs))
                 verdict = "met" if mean >= -tolerance else (
-                    "behind" if mean + half < -tolerance else "behind, within noise")
+                    "behind" if half is not None and mean + half < -tolerance else "behind, within noise")
                 record = {"net": net, "point": point, "baseline": baseline, "seeds": len(seeds),
                           "params_removed": statistics.fmean(dpap[s]["params_removed"] for s in seeds),
-                          "difference_mean": mean, "difference_std": std, "interval": [mean - half, mean + half],
+                          "difference_mean": mean, "difference_std": std,
+                          "interval": None if half is None else [mean - half, mean + half],
                           "seeds_level_or_ahead": sum(d >= -tolerance for d in diffs), "verdict": verdict}
                 out.append(record)
                 rows.append([net, point, f"{100 * record['params_removed']:.1f}", baseline, len(seeds),
-                             f"{mean:+.2f} ± {std:.2f}" if len(diffs) > 1 else f"{mean:+.2f}",
-                             f"[{mean - half:+.2f}, {mean + half:+.2f}]",
+                             f"{mean:+.2f}" if std is None else f"{mean:+.2f} ± {std:.2f}",
+                             "-" if half is None else f"[{mean - half:+.2f}, {mean + half:+.2f}]",
                              f"{record['seeds_level_or_ahead']}/{len(seeds)}", verdict])
     met = sum(r["verdict"] == "met" for r in out)
     behind = sum(r["verdict"] == "behind" for r in out)

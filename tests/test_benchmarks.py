@@ -169,7 +169,6 @@ def test_frontier_mixed_l1_removes_dpaps_count_among_the_fed_weights():
     assert abs(int((~(weight.abs() > weight.abs().flatten().kthvalue(43200).values))[fed].sum()) - 19200) > 100
 
 
-
 def test_frontier_target_check_pairs_seeds_and_separates_noise_from_a_real_gap():
     """bench_frontier.target_check: DPAP minus each matched baseline, paired by seed, with a Student-t interval."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -197,6 +196,9 @@ def test_frontier_target_check_pairs_seeds_and_separates_noise_from_a_real_gap()
     assert abs(taylor["difference_mean"] + 1.0) < 1e-5 and abs(taylor["difference_std"] - 0.1) < 1e-5
     half = 4.302653 * 0.1 / 3 ** 0.5  # t(0.975, 2 degrees of freedom)
     assert abs(taylor["interval"][0] + 1.0 + half) < 1e-5 and abs(taylor["interval"][1] + 1.0 - half) < 1e-5
+    single = frontier.target_check([record("dpap_p", 0, 97.0), record("taylor", 0, 97.5)])[1][0]
+    assert single["difference_std"] is None and single["interval"] is None  # one seed: no spread (valid JSON)
+    assert single["verdict"] == "behind, within noise"
     movement = by["movement"]
     assert movement["seeds"] == 3 and abs(movement["difference_mean"] + 0.4 / 3) < 1e-5
     assert movement["verdict"] == "behind, within noise" and movement["seeds_level_or_ahead"] == 1

@@ -1,7 +1,8 @@
 // Fused multi-step LIF / PLIF neuron, forward and backward (see nni_dpap/snn/fused.py for the design), and
 // the 2x2 average pooling that follows the neurons in spiking conv nets (nni_dpap/snn/pooling.py).
 //
-// Plain C++17 with a C ABI, no torch headers: it compiles in under a minute (GCC -O3: ~40 s) and is called through ctypes.
+// Plain C++17 with a C ABI, no torch headers: it compiles in under a minute (GCC -O3: ~40 s) and is called
+// through ctypes.
 // Layout: x, s, h, grad are [T, B, L] (time-major, contiguous); gate is [T, L] (the time mask expanded over
 // the per-sample features) or null. Every (sample, chunk of <= kBlock features) is one independent work item
 // that keeps its membrane (or its gradient w.r.t. the membrane) in a small stack array and runs the T loop
