@@ -40,6 +40,7 @@ Records go to ``results/frontier.jsonl`` as they are made (an interrupted run re
 where it stopped), then ``frontier.json``, ``frontier.md`` and ``frontier.png``.
 
     python benchmarks/bench_frontier.py                      # all nets, 5 seeds (about 3 hours on 2 cores)
+    python benchmarks/bench_frontier.py --nets digits_snn digits_ann --seeds 5 6 7 8 9   # as make bench: 10 there
     python benchmarks/bench_frontier.py --nets digits_snn --seeds 0 1
 """
 
