@@ -10,6 +10,7 @@ same contract:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -23,6 +24,11 @@ class FusedKernels(NamedTuple):
 
     forward: Callable[..., tuple[Tensor, Tensor | None]]
     backward: Callable[[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None], tuple[Tensor, Tensor | None]]
+
+    @classmethod
+    def bind(cls, forward: Callable[..., Any], backward: Callable[..., Any], *args: Any, **kwargs: Any) -> FusedKernels:
+        """``forward`` and ``backward`` with their leading arguments (library, settings) bound."""
+        return cls(functools.partial(forward, *args, **kwargs), functools.partial(backward, *args, **kwargs))
 
 
 class _FusedLIF(torch.autograd.Function):
@@ -42,8 +48,7 @@ class _FusedLIF(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_s: Tensor, grad_h: Tensor | None) -> tuple[Tensor | None, Tensor | None, None,
-                                                                            None]:
+    def backward(ctx: Any, grad_s: Tensor, grad_h: Tensor | None) -> tuple[Tensor | None, Tensor | None, None, None]:
         h, x, gate, k = ctx.saved_tensors
         grad_s = grad_s.to(h.dtype).contiguous()
         grad_x, grad_k = ctx.kernels.backward(grad_s, h, x, gate, k)

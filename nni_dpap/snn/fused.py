@@ -379,7 +379,6 @@ def lif_multi_step(x: Tensor, cfg: FusedConfig, k: Tensor | None = None, time_ma
     if k is not None:
         k = k.to(x.dtype)  # the loop multiplies in x's dtype
     if torch.is_grad_enabled() and (x.requires_grad or (k is not None and k.requires_grad)):
-        kernels = FusedKernels(functools.partial(_forward, lib, cfg=cfg), functools.partial(_backward, lib, cfg=cfg))
-        s, h = fused_lif(x, k, gate, kernels)
+        s, h = fused_lif(x, k, gate, FusedKernels.bind(_forward, _backward, lib, cfg=cfg))
         return s, (h if need_h else None)
     return _forward(lib, x, gate, k, cfg, write_h=need_h)

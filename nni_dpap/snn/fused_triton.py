@@ -20,7 +20,6 @@ neurons run the Python loop for the rest of the process.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import os
@@ -137,15 +136,11 @@ def _tau(cfg: FusedConfig) -> float:
     return float(cfg.tau) if cfg.tau is not None else 1.0  # (PLIF reads its decay from k)
 
 
-def _kernels(lib: ModuleType, cfg: FusedConfig) -> FusedKernels:
-    return FusedKernels(functools.partial(_forward, lib, cfg=cfg), functools.partial(_backward, lib, cfg=cfg))
-
-
 def _probe(lib: ModuleType, device: torch.device) -> None:
     """Compile and launch both kernels once on a small input (raises where Triton cannot run here)."""
     cfg = FusedConfig(T=2, v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate="atan", alpha=2.0, tau=2.0)
     x = torch.ones(2, 4, device=device, requires_grad=True)
-    s, _ = fused_lif(x, None, None, _kernels(lib, cfg))
+    s, _ = fused_lif(x, None, None, FusedKernels.bind(_forward, _backward, lib, cfg=cfg))
     s.sum().backward()
 
 
@@ -169,7 +164,7 @@ def lif_multi_step(x: Tensor, cfg: FusedConfig, k: Tensor | None = None, time_ma
                 _probe(lib, x.device)
             _STATE.probed.add(x.device)
         if torch.is_grad_enabled() and (x.requires_grad or (k is not None and k.requires_grad)):
-            s, h = fused_lif(x, k, gate, _kernels(lib, cfg))
+            s, h = fused_lif(x, k, gate, FusedKernels.bind(_forward, _backward, lib, cfg=cfg))
             return s, (h if need_h else None)
         return _forward(lib, x, gate, k, cfg, write_h=need_h)
     except Exception as exc:  # a compile or launch failure (an unsupported GPU, no ptxas, ...): the loop from now on
