@@ -39,8 +39,8 @@ dense run of its seed (the paper's convergence measure).
 Records go to ``results/frontier.jsonl`` as they are made (an interrupted run resumes
 where it stopped), then ``frontier.json``, ``frontier.md`` and ``frontier.png``.
 
-    python benchmarks/bench_frontier.py                      # all nets, 5 seeds (about 3 hours on 2 cores)
-    python benchmarks/bench_frontier.py --nets digits_snn digits_ann --seeds 5 6 7 8 9   # as make bench: 10 there
+    python benchmarks/bench_frontier.py                      # all nets, 10 seeds (about 5 hours on 2 cores)
+    python benchmarks/bench_frontier.py --seeds 0 1 2 3 4    # 5 seeds (about 2.5 hours)
     python benchmarks/bench_frontier.py --nets digits_snn --seeds 0 1
 """
 
@@ -610,7 +610,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
     p.add_argument("--summary-only", action="store_true",
                    help="only summarise the records already in frontier.jsonl (after an interrupted run)")
     args = p.parse_args()
