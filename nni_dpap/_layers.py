@@ -22,9 +22,10 @@ from .adapters import NeuronAdapter, find_adapter
 from .errors import ConfigError, ShapeError
 from .graph import LayerLink
 from .metrics import LayerStatistics, window_importance
+from .ordering import in_order_of, movement_step
 from .plasticity import developmental_value, reduce_spatial
 from .policy import DPAPConfig, SurvivalState
-from .slicing import KeptIndices
+from .slicing import KeptIndices, cut
 
 __all__ = ["LayerState", "group_connectivity", "layer_size", "neuron_time_masks", "removable_fraction"]
 
@@ -62,6 +63,7 @@ class LayerState:
     units_built: int  # output units and allowed synapses of the layer as built, before any shrink
     synapses_built: int
     time: SurvivalState | None = None  # [n_out, T] (neuron, time step) pairs, created at the first update
+    movement: Tensor | None = None  # [n_out, n_in] Movement's score of each synapse (unit_order='movement')
 
     @classmethod
     def build(cls, link: LayerLink, modules: Mapping[str, nn.Module], config: DPAPConfig, temporal: bool,
@@ -86,6 +88,7 @@ class LayerState:
             neurons=config.survival_state((n_out,), "neurons", link.kind, device) if prune_neurons else None,
             synapses=config.survival_state((n_out, n_in), "synapses", link.kind, device) if prune_synapses else None,
             units_built=n_out, synapses_built=int(connectivity.sum()),
+            movement=torch.zeros(n_out, n_in, device=device) if config.unit_order == "movement" else None,
         )
 
     def __post_init__(self) -> None:
@@ -214,7 +217,8 @@ class LayerState:
         With ``synapse_importance='bcm_weight'`` a synapse's importance is also scaled by its ``|w|``
         (summed over a kernel slice), and with ``neuron_importance='spine_weight'`` so is each spine's
         BCM in a unit's D of Eq. (7); with ``synapse_competition='neuron'`` a synapse's importance is
-        then divided by the summed ``|importance|`` of its neuron's synapses.
+        then divided by the summed ``|importance|`` of its neuron's synapses; with ``unit_order='movement'``
+        the values are finally handed out in the order of Movement's score (:mod:`nni_dpap.ordering`).
         """
         importance = window_importance(window, self.synapse_mask.float(), self.config.normalize_spine_factors,
                                        self.removed_units)
@@ -232,18 +236,32 @@ class LayerState:
             synapse = importance["synapse"]  # (pruned synapses and removed inputs hold 0: they add nothing)
             total = (synapse.abs() * self.synapse_mask).sum(1, keepdim=True)
             importance["synapse"] = torch.where(total > 0, synapse / total.clamp_min(1e-30), 0.0)
+        if self.movement is not None:
+            importance["neuron"] = in_order_of(importance["neuron"], self.movement.sum(1), self.neuron_mask)
+            if self.synapses is not None:
+                alive = self.synapse_mask & self.neuron_mask[:, None]
+                importance["synapse"] = in_order_of(importance["synapse"], self.movement, alive)
         return importance
+
+    def add_movement(self) -> None:
+        """Add this optimizer step's Movement score (read from the weight's gradient) to ``movement``."""
+        weight = self.weight
+        if self.movement is not None and weight.grad is not None:
+            self.movement += self.per_synapse(movement_step(weight, weight.grad))
 
     def strength(self) -> Tensor:
         """``|w|`` of every synapse as ``[n_out, n_in]`` (summed over a kernel slice; 0 where groups forbid)."""
-        strength = self.weight.detach().abs()
-        if strength.dim() > 2:
-            strength = strength.flatten(2).sum(-1)
+        return self.per_synapse(self.weight.detach().abs())
+
+    def per_synapse(self, values: Tensor) -> Tensor:
+        """Weight-shaped ``values`` (or summed over kernel slices) as ``[n_out, n_in]``, 0 where groups forbid."""
+        if values.dim() > 2:
+            values = values.flatten(2).sum(-1)
         allowed = self.connectivity.bool()
-        if strength.shape != allowed.shape:  # a grouped conv holds only its groups' synapses, row by row
-            strength = torch.zeros(allowed.shape, dtype=strength.dtype, device=strength.device).masked_scatter_(
-                allowed.to(strength.device), strength)
-        return strength.to(self.connectivity.device)
+        if values.shape != allowed.shape:  # a grouped conv holds only its groups' synapses, row by row
+            values = torch.zeros(allowed.shape, dtype=values.dtype, device=values.device).masked_scatter_(
+                allowed.to(values.device), values)
+        return values.to(self.connectivity.device)
 
     def update(self, importance: Mapping[str, Tensor], epoch: int, keep_at_least: int) -> None:
         """Eqs. (9)-(11) for every kind of unit of the layer, with the importance of ``epoch``."""
@@ -280,6 +298,8 @@ class LayerState:
                 state.select(out, inp)
         if self.time is not None:
             self.time.select(out)
+        if self.movement is not None:
+            self.movement = cut(self.movement, out, inp)
         self.module = module
         self.connectivity = group_connectivity(module, n_out, n_in).to(self.connectivity.device)
 
@@ -312,6 +332,7 @@ class LayerState:
             "neurons": None if self.neurons is None else self.neurons.state_dict(),
             "synapses": None if self.synapses is None else self.synapses.state_dict(),
             "time": None if self.time is None else self.time.state_dict(),
+            "movement": None if self.movement is None else self.movement.clone(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any], temporal: bool) -> None:
@@ -323,6 +344,12 @@ class LayerState:
                 raise ConfigError(f"DPAP state of {name!r}: {key} pruning differs from this pruner's preset")
             if survival is not None:
                 survival.load_state_dict(state[key])
+        if self.movement is not None:
+            movement = state.get("movement")
+            if not isinstance(movement, Tensor) or movement.shape != self.movement.shape:
+                raise ConfigError(f"DPAP state of {name!r} has no Movement score of shape "
+                                  f"{tuple(self.movement.shape)}: it was saved without unit_order='movement'")
+            self.movement = movement.to(self.movement.device).float().clone()
         saved_time = state.get("time")
         if saved_time is not None:
             if not temporal:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -18,7 +18,8 @@ from .errors import ConfigError
 
 DPAPPruner = Any  # nni_dpap.pruner.DPAPPruner (not imported: the pruner imports this module)
 
-__all__ = ["check_shrinking", "before_training", "after_training", "lean_forwards", "shrink_due", "update_structure"]
+__all__ = ["check_shrinking", "before_training", "after_training", "lean_forwards", "movement_tasks", "shrink_due",
+           "update_structure"]
 
 _logger = logging.getLogger(__name__)
 _STEP_MISMATCH = ("the training function made %d optimizer steps, but epochs * steps_per_epoch = %d * %d = %d: "
@@ -76,6 +77,20 @@ def lean_forwards(pruner: DPAPPruner) -> None:
     pruner._fast.remove()
     if not pruner._prefix and world_size() == 1:
         pruner._fast = _fastwrap.install(pruner._module_wrappers, pruner._masked)
+
+
+def movement_tasks(pruner: DPAPPruner) -> list[Callable[[], None]]:
+    """The tasks to run before each optimizer step: with ``unit_order='movement'``, adding that step's
+    Movement score to every layer's (read from the gradients, as NNI's ``MovementPruner`` does), as long
+    as the structure can still change; none otherwise."""
+    layers = [layer for layer in pruner._layers.values() if layer.movement is not None]
+
+    def add_movement() -> None:
+        if pruner._collector.collecting:
+            for layer in layers:
+                layer.add_movement()
+
+    return [add_movement] if layers else []
 
 
 def shrink_due(pruner: DPAPPruner) -> bool:

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from ._collector import SignalCollector
 from ._fastwrap import FastForwards
-from ._lifecycle import after_training, before_training, check_shrinking, lean_forwards, shrink_due, update_structure
+from ._lifecycle import (after_training, before_training, check_shrinking, lean_forwards, movement_tasks, shrink_due,
+                         update_structure)
 from ._config_list import resolve_links
 from ._layers import LayerState, neuron_time_masks
 from ._nni import check_evaluator, check_model, evaluator_optimizers
@@ -171,7 +172,7 @@ class DPAPPruner(Pruner):
             if self._global_step % self.steps_per_epoch == 0:
                 self._end_epoch()
 
-        evaluator.patch_optimizer_step(before_step_tasks=[], after_step_tasks=[after_optimizer_step])
+        evaluator.patch_optimizer_step(before_step_tasks=movement_tasks(self), after_step_tasks=[after_optimizer_step])
 
     def _fuse_preprocess(self, evaluator: Evaluator) -> None:
         before_training(self)

@@ -192,6 +192,54 @@ def test_neuron_competition_ranks_each_synapse_by_its_share_of_its_neuron():
     assert_close(share["neuron"], base["neuron"])  # the neurons' D is not affected
 
 
+def _movement_pair() -> tuple[LayerState, LayerState]:
+    """A linear 2 -> 3 layer's state with ``unit_order='movement'`` and one with DPAP's own order."""
+    modules = {"layer": nn.Linear(2, 3), "sn": nn.ReLU()}
+    link = LayerLink("layer", "linear", "sn", False, (Readout("sn", None),))
+    moved = LayerState.build(link, modules, get_preset(CONFIG, unit_order="movement"), False, torch.device("cpu"))
+    return moved, LayerState.build(link, modules, CONFIG, False, torch.device("cpu"))
+
+
+def test_movement_order_hands_dpaps_values_out_by_the_accumulated_score():
+    moved, plain = _movement_pair()
+    assert plain.movement is None and moved.movement is not None
+    assert_close(moved.movement, torch.zeros(3, 2))
+    weight = moved.weight
+    with torch.no_grad():
+        weight.copy_(torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, -2.0]]))
+    weight.grad = torch.tensor([[-1.5, -1.0], [0.5, 0.0], [-0.5, 0.25]])
+    moved.add_movement()
+    moved.add_movement()  # two steps: -w * dL/dw twice
+    assert_close(moved.movement, torch.tensor([[3.0, 2.0], [-1.0, 0.0], [1.0, 1.0]]))  # units: 5, -1, 2
+    window = {"bcm": torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), "trace": torch.ones(3)}
+    base, ordered = plain.importance(window), moved.importance(window)
+    assert_close(base["neuron"], torch.tensor([3.0, 7.0, 11.0]))  # D of Eq. (7)
+    assert_close(base["synapse"], window["bcm"])
+    assert_close(ordered["neuron"], torch.tensor([11.0, 3.0, 7.0]))  # unit 0 scores most, unit 1 least
+    # synapses by score: (0,0) 3, (0,1) 2, (2,0) 1, (2,1) 1 (a tie: in order), (1,1) 0, (1,0) -1
+    assert_close(ordered["synapse"], torch.tensor([[6.0, 5.0], [1.0, 2.0], [4.0, 3.0]]))
+    assert moved.neurons is not None
+    moved.neurons.mask = torch.tensor([True, True, False])  # unit 2 pruned: it and its synapses take no part
+    ordered = moved.importance(window)
+    assert_close(ordered["neuron"], torch.tensor([7.0, 3.0, 11.0]))
+    assert_close(ordered["synapse"], torch.tensor([[4.0, 3.0], [1.0, 2.0], [5.0, 6.0]]))
+
+
+def test_movement_score_follows_a_shrink_and_a_checkpoint():
+    moved, plain = _movement_pair()
+    assert moved.movement is not None
+    moved.movement = torch.arange(6.0).view(3, 2)
+    state = moved.state_dict()
+    moved.select(nn.Linear(1, 2), KeptIndices(torch.tensor([0, 2]), torch.tensor([1])))
+    assert_close(moved.movement, torch.tensor([[1.0], [5.0]]))
+    fresh, _ = _movement_pair()
+    fresh.load_state_dict(state, temporal=False)
+    assert fresh.movement is not None
+    assert_close(fresh.movement, torch.arange(6.0).view(3, 2))
+    with pytest.raises(ConfigError, match="unit_order='movement'"):
+        fresh.load_state_dict(plain.state_dict(), temporal=False)
+
+
 def test_removable_fraction_counts_pruned_units_still_present():
     linear, conv = _state("linear"), _state("conv")  # 3 x 2 weights; 3 x 2 x 3 x 3
     assert removable_fraction([linear, conv]) == 0.0

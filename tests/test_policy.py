@@ -205,3 +205,5 @@ def test_unit_groups_forms_and_validation():
         get_preset("braincog", synapse_competition="column")
     with pytest.raises(ConfigError, match=r"neuron_importance must be one of \['spine', 'spine_weight'\]"):
         get_preset("braincog", neuron_importance="weight")
+    with pytest.raises(ConfigError, match=r"unit_order must be one of \['dpap', 'movement'\]"):
+        get_preset("braincog", unit_order="gradient")

@@ -222,6 +222,40 @@ def test_paper_preset_has_its_own_calibration_and_does_not_collapse(digits):
     assert evaluate_accuracy(model, digits[1]) >= 0.85
 
 
+def test_movement_order_reads_every_step_s_gradient_and_prunes(tiny_ann, digits):
+    """``unit_order='movement'``: before every optimizer step each layer adds ``-w * dL/dw`` (summed over a
+    kernel slice) to its score, through NNI's patched optimizer step; the run prunes like any other."""
+    train_loader, steps, epochs = digits[0], len(digits[0]), 3
+    expected: dict[str, torch.Tensor] = {}
+    holder: dict[str, DPAPPruner] = {}
+
+    def train(model, optimizer, training_step, lr_scheduler=None, max_steps=None, max_epochs=None):
+        for _ in range(max_epochs):
+            for batch in train_loader:
+                optimizer.zero_grad()
+                training_step(batch, model).backward()
+                for name, layer in holder["pruner"].layer_states.items():  # what the hook should add, by hand
+                    step = -(layer.weight.detach() * layer.weight.grad)
+                    step = step.flatten(2).sum(-1) if step.dim() > 2 else step
+                    expected[name] = expected.get(name, torch.zeros_like(step)) + step
+                optimizer.step()
+
+    evaluator = TorchEvaluator(train, nni.trace(torch.optim.Adam)(tiny_ann.parameters(), lr=3e-3), classification_step)
+    pruner = holder["pruner"] = DPAPPruner(tiny_ann, CONFIG, evaluator, epochs=epochs, steps_per_epoch=steps,
+                                           hparams={**FAST, "unit_order": "movement"})
+    recorded = _spy_masks(pruner)
+    model, _ = pruner.compress()
+    assert set(expected) == {"conv", "fc1"}
+    for name, layer in pruner.layer_states.items():
+        assert layer.movement is not None and float(layer.movement.abs().max()) > 0
+        torch.testing.assert_close(layer.movement, expected[name], rtol=1e-4, atol=1e-5)
+    pruner.unwrap_model()
+    _check_run(pruner, recorded, model, epochs)
+    summary = pruner.summary()
+    assert summary["fc1"]["weights_kept"] < summary["fc1"]["weights_total"]
+    assert evaluate_accuracy(model, digits[1]) > 0.5  # (3 epochs, aggressive eps)
+
+
 def test_state_dict_round_trip(tiny_ann, make_evaluator, digits):
     pruner = DPAPPruner(tiny_ann, CONFIG, make_evaluator(tiny_ann), epochs=3, steps_per_epoch=len(digits[0]),
                         hparams=FAST)

@@ -45,6 +45,7 @@ Unit = Literal["neurons", "synapses", "time"]
 SynapseImportance = Literal["bcm", "bcm_weight"]
 SynapseCompetition = Literal["layer", "neuron"]
 NeuronImportance = Literal["spine", "spine_weight"]
+UnitOrder = Literal["dpap", "movement"]
 #: The groups of units DPAP prunes, as named by ``alive_normalization`` (and the ``prune_*`` flags).
 UNIT_GROUPS = ("conv_channels", "conv_kernels", "linear_neurons", "linear_synapses", "time")
 
@@ -115,6 +116,12 @@ class DPAPConfig:
         BCM of its spines (paper); ``'spine_weight'``: each spine's BCM is first scaled by its
         synapse's ``|w|`` (summed over a kernel slice), so a unit must fire and hold strong
         potentiated inputs to stay.
+    unit_order
+        ``'dpap'``: every unit and synapse keeps its own importance (paper); ``'movement'`` (not the
+        paper's rule): a layer's importance values are handed out again among its alive units (and
+        its alive synapses) in the order of Movement pruning's score, ``-sum w dL/dw`` over the
+        optimizer steps (:mod:`nni_dpap.ordering`): DPAP decides how many go and when, the gradient
+        which. (Neuron, time step) pairs keep their own order.
     """
 
     name: str = "custom"
@@ -139,6 +146,7 @@ class DPAPConfig:
     synapse_importance: SynapseImportance = "bcm"
     synapse_competition: SynapseCompetition = "layer"
     neuron_importance: NeuronImportance = "spine"
+    unit_order: UnitOrder = "dpap"
 
     def __post_init__(self) -> None:
         check_choice("normalization", self.normalization, ["minmax", "percentile"])
@@ -147,6 +155,7 @@ class DPAPConfig:
         check_choice("synapse_importance", self.synapse_importance, ["bcm", "bcm_weight"])
         check_choice("synapse_competition", self.synapse_competition, ["layer", "neuron"])
         check_choice("neuron_importance", self.neuron_importance, ["spine", "spine_weight"])
+        check_choice("unit_order", self.unit_order, ["dpap", "movement"])
         for flag in ("strict_positive", "normalize_spine_factors", "relative_schedule", "prune_conv_channels",
                      "prune_conv_kernels", "prune_linear_neurons", "prune_linear_synapses", "prune_first_conv"):
             check_bool(flag, getattr(self, flag))

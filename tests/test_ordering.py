@@ -1,0 +1,43 @@
+"""Movement's order for DPAP's importance values: the score of one step, and the values handed out by it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import assert_close
+from nni_dpap.ordering import in_order_of, movement_step
+
+
+def test_movement_step_is_minus_weight_times_gradient_summed_over_a_kernel():
+    weight = torch.tensor([[1.0, -2.0], [0.0, 3.0]])
+    grad = torch.tensor([[0.5, 0.5], [4.0, -1.0]])
+    assert_close(movement_step(weight, grad), torch.tensor([[-0.5, 1.0], [0.0, 3.0]]))  # a zero weight scores 0
+    conv_w = torch.arange(36.0).view(2, 2, 3, 3) - 10.0
+    conv_g = torch.full((2, 2, 3, 3), -0.1)
+    assert_close(movement_step(conv_w, conv_g), 0.1 * conv_w.flatten(2).sum(-1))
+
+
+def test_values_are_handed_out_in_the_order_of_the_score():
+    values = torch.tensor([3.0, 1.0, 2.0, 9.0, -4.0])
+    score = torch.tensor([0.0, 5.0, 1.0, -7.0, 2.0])
+    alive = torch.tensor([True, True, True, False, True])
+    out = in_order_of(values, score, alive)
+    # alive by score: 1 (5.0), 4 (2.0), 2 (1.0), 0 (0.0) get 3, 2, 1, -4; entry 3 is not alive and keeps 9
+    assert_close(out, torch.tensor([-4.0, 3.0, 1.0, 9.0, 2.0]))
+    assert_close(out[alive].sort().values, values[alive].sort().values)  # the same values, handed out again
+    assert_close(values, torch.tensor([3.0, 1.0, 2.0, 9.0, -4.0]))  # the input is not changed
+
+
+def test_a_matrix_keeps_its_shape_and_ties_keep_the_entries_order():
+    values = torch.tensor([[0.1, 0.7], [0.4, 0.2]])
+    out = in_order_of(values, torch.zeros(2, 2), torch.ones(2, 2, dtype=torch.bool))
+    assert out.shape == (2, 2)
+    assert_close(out, torch.tensor([[0.7, 0.4], [0.2, 0.1]]))  # equal scores: the first entry first
+    single = in_order_of(values, torch.rand(2, 2), torch.tensor([[False, True], [False, False]]))
+    assert_close(single, values)  # one alive entry: nothing to hand out
+
+
+def test_shapes_must_agree():
+    with pytest.raises(ValueError, match="one shape"):
+        in_order_of(torch.zeros(3), torch.zeros(4), torch.ones(3, dtype=torch.bool))
