@@ -23,8 +23,8 @@ __all__ = ["movement_step", "in_order_of"]
 def movement_step(weight: Tensor, grad: Tensor) -> Tensor:
     """One optimizer step's Movement score ``-w * dL/dw``, summed over a kernel slice: ``[n_out, n_in / groups]``.
 
-    A weight moving away from zero (its gradient pointing towards zero's other side) scores positive;
-    a masked weight (held at zero) scores 0.
+    A weight that gradient descent pushes away from zero (``w`` and ``-dL/dw`` of one sign) scores
+    positive, one pushed towards zero negative; a masked weight (held at zero) scores 0.
     """
     step = -(weight.detach() * grad.detach())
     return step.flatten(2).sum(-1) if step.dim() > 2 else step
@@ -53,12 +53,11 @@ def in_order_of(values: Tensor, score: Tensor, alive: Tensor) -> Tensor:
     if values.shape != score.shape or values.shape != alive.shape:
         raise ValueError(f"values, score and alive must have one shape, got {tuple(values.shape)}, "
                          f"{tuple(score.shape)} and {tuple(alive.shape)}")
-    out = values.clone()
     index = alive.reshape(-1).nonzero().squeeze(1)
     if index.numel() < 2:
-        return out
+        return values.clone()
     ranked = values.reshape(-1)[index].sort(descending=True).values
     order = score.reshape(-1)[index].to(values.device).argsort(descending=True, stable=True)
     handed = torch.empty_like(ranked)
     handed[order] = ranked  # the entry with the k-th highest score gets the k-th highest value
-    return out.reshape(-1).index_copy(0, index, handed).view_as(values)
+    return values.reshape(-1).index_copy(0, index, handed).view_as(values)
