@@ -4,7 +4,9 @@ For every net and seed:
 
 * **dense**: trained for E epochs; its state after E/2 epochs is kept.
 * **DPAP** at each operating point (``POINTS``): trained with DPAP from the same initial
-  weights for the same E epochs.
+  weights for the same E epochs. ``movement_order`` and ``p95_alive_movement_order`` are not the
+  paper's rule: DPAP's importance values handed out in the order of Movement's score
+  (``unit_order='movement'``), over the defaults and over ``p95_alive``.
 * at every point where DPAP removes >= 70% of the prunable parameters, NNI's pruners set
   to *the same removed-parameter count, layer by layer*: ``L1NormPruner`` + fine-tuning
   and ``TaylorPruner`` continue from the dense state after E/2 epochs (L1: prune, then
@@ -105,6 +107,10 @@ POINTS: dict[str, dict[str, Any]] = {
     "p95_alive": {"linear_synapse_percentiles": [None, 95.0], "alive_normalization": _ALL_GROUPS},
     "p95_synapses_only": {"linear_synapse_percentiles": [None, 95.0], "alive_normalization": _ALL_GROUPS,
                           "prune_linear_neurons": False, "conv_eps": 1.2},
+    # not the paper's rule: DPAP's importance values handed out in the order of Movement's score
+    "movement_order": {"unit_order": "movement"},
+    "p95_alive_movement_order": {"linear_synapse_percentiles": [None, 95.0], "alive_normalization": _ALL_GROUPS,
+                                 "unit_order": "movement"},
 }
 
 #: The ANN's points: its calibration already keeps FC neurons and uses conv eps 1.2, so ``p95_alive`` and
@@ -114,11 +120,12 @@ ANN_POINTS: dict[str, dict[str, Any]] = {
     "syn_p95": POINTS["syn_p95"],
     "fc_eps2.5": {"linear_eps": 2.5},
     "syn_p95_conv_eps1.5": {"linear_synapse_percentiles": [None, 95.0], "conv_eps": 1.5},
+    "movement_order": POINTS["movement_order"],
 }
 
 NETS: dict[str, Net] = {
     "mnist5k_snn": Net(lambda: SpikingConvNet(1, 28, 10, T=4), "mnist5k", 15, 3e-3, POINTS,
-                       match=("default", "p95_alive")),
+                       match=("default", "p95_alive", "movement_order", "p95_alive_movement_order")),
     "digits_snn": Net(lambda: SpikingConvNet(1, 8, 10, T=4), "digits", 60, 3e-3, POINTS),
     "digits_ann": Net(lambda: LeNetANN(1, 8, 10), "digits", 40, 1e-3, ANN_POINTS),
 }
