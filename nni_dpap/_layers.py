@@ -257,10 +257,10 @@ class LayerState:
         """Weight-shaped ``values`` (or summed over kernel slices) as ``[n_out, n_in]``, 0 where groups forbid."""
         if values.dim() > 2:
             values = values.flatten(2).sum(-1)
-        allowed = self.connectivity.bool()
-        if values.shape != allowed.shape:  # a grouped conv holds only its groups' synapses, row by row
+        if values.shape != self.connectivity.shape:  # a grouped conv holds only its groups' synapses, row by row
+            allowed = self.connectivity.bool().to(values.device)  # (built only here: this runs on every step)
             values = torch.zeros(allowed.shape, dtype=values.dtype, device=values.device).masked_scatter_(
-                allowed.to(values.device), values)
+                allowed, values)
         return values.to(self.connectivity.device)
 
     def update(self, importance: Mapping[str, Tensor], epoch: int, keep_at_least: int) -> None:
