@@ -1,4 +1,4 @@
-"""Movement's order for DPAP's importance values (``unit_order='movement'``; not the paper's rule).
+"""Movement's order for DPAP's importance values (``unit_order='movement'``, the default; not the paper's rule).
 
 DPAP's survival rule (Eqs. 9-11) turns a layer's importance values into survival updates through a
 normalisation calibrated on their distribution. With ``unit_order='movement'`` that distribution is
@@ -34,8 +34,9 @@ def in_order_of(values: Tensor, score: Tensor, alive: Tensor) -> Tensor:
     """``values`` with its ``alive`` entries handed out again in the order of ``score``.
 
     Among the ``alive`` entries, the one with the k-th highest ``score`` gets the k-th highest of
-    their ``values`` (ties in ``score`` keep the order of the entries); the other entries keep
-    their values. The multiset of alive values is unchanged.
+    their ``values``; entries tied in ``score`` keep the order of their own values (so a score that
+    is all zeros, e.g. before the first optimizer step, leaves ``values`` as they are). The other
+    entries keep their values. The multiset of alive values is unchanged.
 
     Parameters
     ----------
@@ -56,8 +57,10 @@ def in_order_of(values: Tensor, score: Tensor, alive: Tensor) -> Tensor:
     index = alive.reshape(-1).nonzero().squeeze(1)
     if index.numel() < 2:
         return values.clone()
-    ranked = values.reshape(-1)[index].sort(descending=True).values
-    order = score.reshape(-1)[index].to(values.device).argsort(descending=True, stable=True)
+    own = values.reshape(-1)[index]
+    by_value = own.argsort(descending=True, stable=True)  # ties in score are broken by DPAP's own order
+    ranked = own[by_value]
+    order = score.reshape(-1)[index][by_value].to(values.device).argsort(descending=True, stable=True)
     handed = torch.empty_like(ranked)
     handed[order] = ranked  # the entry with the k-th highest score gets the k-th highest value
-    return values.reshape(-1).index_copy(0, index, handed).view_as(values)
+    return values.reshape(-1).index_copy(0, index[by_value], handed).view_as(values)

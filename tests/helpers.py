@@ -20,9 +20,10 @@ from nni_dpap.adapters import is_neuron
 
 ATOL = 1e-5
 #: Flat hparams that turn off the library's default levers (first conv skipped, alive-only normalisation,
-#: synapse importance with |w|, end of pruning): the preset's rule as published, for tests of the mechanics.
+#: synapse importance with |w|, end of pruning, Movement's order): the preset's rule as published, for tests of
+#: the mechanics.
 PRESET_RULE = {"prune_first_conv": True, "alive_normalization": [], "synapse_importance": "bcm",
-               "conv_stop_epoch": None, "linear_stop_epoch": None, "prune_linear_neurons": True}
+               "conv_stop_epoch": None, "linear_stop_epoch": None, "prune_linear_neurons": True, "unit_order": "dpap"}
 NEAR_THRESHOLD = 1e-5
 
 

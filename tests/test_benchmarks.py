@@ -202,3 +202,9 @@ def test_frontier_target_check_pairs_seeds_and_separates_noise_from_a_real_gap()
     movement = by["movement"]
     assert movement["seeds"] == 3 and abs(movement["difference_mean"] + 0.4 / 3) < 1e-5
     assert movement["verdict"] == "behind, within noise" and movement["seeds_level_or_ahead"] == 1
+    paper = [record("dpap_paper_order", 0, 97.0, "paper_order"), record("taylor", 0, 96.95, "paper_order")]
+    note, rows = frontier.target_check(records + paper)  # the paper's ranking is counted apart
+    assert len(rows) == 4
+    assert "library's ranking (unit_order='movement'): met at 1 of 3 matched (point, baseline) pairs, behind " \
+           "beyond the 95% interval at 1;" in note
+    assert "paper's ranking (paper_order*, unit_order='dpap'): met at 1 of 1 matched" in note

@@ -64,6 +64,11 @@ def test_hparams_override_single_defaults_and_a_config_is_taken_as_given(tiny_sn
     config = _pruner(tiny_snn, digits[0], hparams={"conv_eps": 0.9}).dpap_config
     assert config.conv.eps == 0.9 and config.linear.eps == default_hparams(30)["linear_eps"]
     assert config.synapse_importance == "bcm_weight"
+    # Movement's order by default (SNN and ANN), DPAP's own ranking with the paper preset or on request
+    assert config.unit_order == "movement" and default_hparams(30, spiking=False)["unit_order"] == "movement"
+    assert all(state.movement is not None for state in _pruner(type(tiny_snn)(), digits[0]).layer_states.values())
+    assert get_preset("paper", **default_hparams(30, "paper")).unit_order == "dpap"
+    assert _pruner(type(tiny_snn)(), digits[0], hparams={"unit_order": "dpap"}).dpap_config.unit_order == "dpap"
     tiny_snn = type(tiny_snn)()
     raw = _pruner(tiny_snn, digits[0], preset=get_preset("braincog")).dpap_config
     assert raw == get_preset("braincog") and raw.prune_first_conv

@@ -216,8 +216,8 @@ def test_movement_order_hands_dpaps_values_out_by_the_accumulated_score():
     assert_close(base["neuron"], torch.tensor([3.0, 7.0, 11.0]))  # D of Eq. (7)
     assert_close(base["synapse"], window["bcm"])
     assert_close(ordered["neuron"], torch.tensor([11.0, 3.0, 7.0]))  # unit 0 scores most, unit 1 least
-    # synapses by score: (0,0) 3, (0,1) 2, (2,0) 1, (2,1) 1 (a tie: in order), (1,1) 0, (1,0) -1
-    assert_close(ordered["synapse"], torch.tensor([[6.0, 5.0], [1.0, 2.0], [4.0, 3.0]]))
+    # synapses by score: (0,0) 3, (0,1) 2, (2,1) 1 and (2,0) 1 (a tie: by their own values 6 > 5), (1,1) 0, (1,0) -1
+    assert_close(ordered["synapse"], torch.tensor([[6.0, 5.0], [1.0, 2.0], [3.0, 4.0]]))
     assert moved.neurons is not None
     moved.neurons.mask = torch.tensor([True, True, False])  # unit 2 pruned: it and its synapses take no part
     ordered = moved.importance(window)

@@ -29,11 +29,14 @@ def test_values_are_handed_out_in_the_order_of_the_score():
     assert_close(values, torch.tensor([3.0, 1.0, 2.0, 9.0, -4.0]))  # the input is not changed
 
 
-def test_a_matrix_keeps_its_shape_and_ties_keep_the_entries_order():
+def test_a_matrix_keeps_its_shape_and_ties_keep_dpaps_own_order():
     values = torch.tensor([[0.1, 0.7], [0.4, 0.2]])
     out = in_order_of(values, torch.zeros(2, 2), torch.ones(2, 2, dtype=torch.bool))
     assert out.shape == (2, 2)
-    assert_close(out, torch.tensor([[0.7, 0.4], [0.2, 0.1]]))  # equal scores: the first entry first
+    assert_close(out, values)  # no score yet (all zeros): DPAP's own values stay where they are
+    tied = in_order_of(values, torch.tensor([[1.0, 1.0], [3.0, 1.0]]), torch.ones(2, 2, dtype=torch.bool))
+    # entry (1, 0) scores highest and gets 0.7; the three tied entries keep their own order for the rest
+    assert_close(tied, torch.tensor([[0.1, 0.4], [0.7, 0.2]]))
     single = in_order_of(values, torch.rand(2, 2), torch.tensor([[False, True], [False, False]]))
     assert_close(single, values)  # one alive entry: nothing to hand out
 

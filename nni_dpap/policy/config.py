@@ -117,11 +117,12 @@ class DPAPConfig:
         synapse's ``|w|`` (summed over a kernel slice), so a unit must fire and hold strong
         potentiated inputs to stay.
     unit_order
-        ``'dpap'``: every unit and synapse keeps its own importance (paper); ``'movement'`` (not the
-        paper's rule): a layer's importance values are handed out again among its alive units (and
-        its alive synapses) in the order of Movement pruning's score, ``-sum w dL/dw`` over the
-        optimizer steps (:mod:`nni_dpap.ordering`): DPAP decides how many go and when, the gradient
-        which. (Neuron, time step) pairs keep their own order.
+        ``'dpap'``: every unit and synapse keeps its own importance (paper; the presets);
+        ``'movement'`` (not the paper's rule; the library's default on top of ``braincog``,
+        :mod:`nni_dpap.policy.defaults`): a layer's importance values are handed out again among its
+        alive units (and its alive synapses) in the order of Movement pruning's score, ``-sum w dL/dw``
+        over the optimizer steps (:mod:`nni_dpap.ordering`): DPAP decides how many go and when, the
+        gradient which. (Neuron, time step) pairs keep their own order.
     """
 
     name: str = "custom"

@@ -24,6 +24,13 @@ stop (``*_stop_epoch``)       0.75 of the run            the last quarter recove
                               FC synapses                goes on until the layer is compact
 ``synapse_importance``        ``bcm_weight``             BCM alone is nearly rank 1 in ``fc1``; with
                                                          ``|w|`` the synapse ranking is informative
+``unit_order``                ``movement``               not the paper's rule: DPAP's importance values
+                                                         handed out in the order of Movement's score
+                                                         (``-sum w dL/dw``), so DPAP decides how many
+                                                         units go and when, the gradient which. On the
+                                                         frontier no NNI baseline is clearly ahead of it;
+                                                         with DPAP's own ranking Movement is, at every
+                                                         point (``'dpap'`` keeps the paper's ranking)
 ============================  =========================  ===============================================
 
 ANNs (no spiking neuron after any pruned layer) get their own calibration on top of ``braincog``
@@ -35,7 +42,8 @@ the SNNs the same settings remove 5-6 points less at no gain, so spiking nets ke
 above. The pruner picks the calibration from the network it analyses; ``nni-dpap prune`` from
 the zoo model's kind.
 
-The ``paper`` preset evaluates the equations as printed (min-max normalisation, ``delta >= 0``,
+The ``paper`` preset ranks units by DPAP's own importance (``unit_order='dpap'``) and evaluates the
+equations as printed (min-max normalisation, ``delta >= 0``,
 exponential schedule, per-epoch windows); min-max puts most units near 0, so the ``braincog``
 ``eps`` prunes almost everything (digits SNN: 97% removed, 47% accuracy) and ``linear_eps <= 0.8``
 nothing at all. Its own calibration, ``conv_eps = 0.8`` and ``linear_eps = 1.2``, removes 81-84% of
@@ -61,7 +69,7 @@ _COMMON: dict[str, Any] = {
 
 #: Flat overrides of each preset, relative to the run's length (``beta`` is added by :func:`default_hparams`).
 CALIBRATIONS: dict[str, dict[str, Any]] = {
-    "braincog": {**_COMMON, "conv_eps": 1.0, "linear_eps": 2.0},
+    "braincog": {**_COMMON, "conv_eps": 1.0, "linear_eps": 2.0, "unit_order": "movement"},
     "paper": {**_COMMON, "conv_eps": 0.8, "linear_eps": 1.2},
 }
 
