@@ -36,11 +36,11 @@ stop (``*_stop_epoch``)       0.75 of the run            the last quarter recove
 ANNs (no spiking neuron after any pruned layer) get their own calibration on top of ``braincog``
 (:data:`ANN_CALIBRATIONS`): FC neurons are kept (``prune_linear_neurons = false``, FC synapses
 are still pruned), ``conv_eps = 1.2`` and pruning stops at 0.6 of the run. On the 2-conv ANN of
-NNI's documentation (20 epochs, 8 seeds) it keeps 28.6% of the weights at -1.74 points against
-29.1% at -2.50 with the SNN calibration; on the digits LeNet as much (81%) at -0.03 instead of -0.12; on
-the SNNs the same settings remove 5-6 points less at no gain, so spiking nets keep the table
-above. The pruner picks the calibration from the network it analyses; ``nni-dpap prune`` from
-the zoo model's kind.
+NNI's documentation (20 epochs, 8 seeds; DPAP's own ranking) it keeps 28.6% of the weights at -1.74
+points against 29.1% at -2.50 with the SNN calibration (28.1% at -0.49 with Movement's order); on
+the digits LeNet as much (81%) at -0.03 instead of -0.12; on the SNNs the same settings remove 5-6
+points less at no gain, so spiking nets keep the table above. The pruner picks the calibration
+from the network it analyses; ``nni-dpap prune`` from the zoo model's kind.
 
 The ``paper`` preset ranks units by DPAP's own importance (``unit_order='dpap'``) and evaluates the
 equations as printed (min-max normalisation, ``delta >= 0``,
