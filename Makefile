@@ -38,7 +38,7 @@ lint: $(STAMP)
 # what CI runs (.ci/run): lint, the suite, the suite on one thread
 ci: lint test test-1thread
 
-# benchmarks (not part of `make test`): about 9 hours on 2 CPU cores (the frontier alone about 7 h: 10 seeds on every net; the controls about 65 minutes); results in benchmarks/results/
+# benchmarks (not part of `make test`): about 10.5 hours on 2 CPU cores (the frontier alone about 8.5 h: 10 seeds on every net; the controls about 65 minutes); results in benchmarks/results/
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_quality.py
 	$(BIN)/python benchmarks/bench_speedup.py

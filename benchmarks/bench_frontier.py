@@ -41,8 +41,8 @@ dense run of its seed (the paper's convergence measure).
 Records go to ``results/frontier.jsonl`` as they are made (an interrupted run resumes
 where it stopped), then ``frontier.json``, ``frontier.md`` and ``frontier.png``.
 
-    python benchmarks/bench_frontier.py                      # all nets, 10 seeds (about 7 hours on 2 cores)
-    python benchmarks/bench_frontier.py --seeds 0 1 2 3 4    # 5 seeds (about 3.5 hours)
+    python benchmarks/bench_frontier.py                      # all nets, 10 seeds (about 8.5 hours on 2 cores)
+    python benchmarks/bench_frontier.py --seeds 0 1 2 3 4    # 5 seeds (about 4.3 hours)
     python benchmarks/bench_frontier.py --nets digits_snn --seeds 0 1
 """
 
