@@ -30,7 +30,7 @@ stop (``*_stop_epoch``)       0.75 of the run            the last quarter recove
                                                          units go and when, the gradient which. On the
                                                          frontier no NNI baseline is clearly ahead of it;
                                                          with DPAP's own ranking Movement is, at every
-                                                         point (``'dpap'`` keeps the paper's ranking)
+                                                         digits SNN point (``'dpap'``: the paper's ranking)
 ============================  =========================  ===============================================
 
 ANNs (no spiking neuron after any pruned layer) get their own calibration on top of ``braincog``
