@@ -576,7 +576,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
     nets = list(dict.fromkeys(r["net"] for r in records))
     fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.2), squeeze=False)
-    markers = {"dpap": ("o", "C0"), "l1_finetune": ("s", "C1"), "taylor": ("^", "C2"), "movement": ("v", "C3"),
+    markers = {"dpap": ("o", "C0"), "dpap_paper": ("o", "C0"), "l1_finetune": ("s", "C1"), "taylor": ("^", "C2"),
+               "movement": ("v", "C3"),
                "l1_channel": ("D", "C4"), "taylor_channel": ("P", "C5"), "movement_channel": ("X", "C6"),
                "l1_mixed": ("<", "C7"), "taylor_mixed": (">", "C8"), "movement_mixed": ("h", "C9"),
                "dense": ("*", "k")}
@@ -601,21 +602,28 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
                       for (m, _), rs in groups.items() if m.startswith("dpap")]
         floor = min(dpap_means, default=0.0) - 3.0
         collapsed = 0
-        for (method, _point), rs in groups.items():
-            family = "dpap" if method.startswith("dpap") else method
+        for (method, point), rs in groups.items():
+            paper = point.startswith("paper_order")  # DPAP's own ranking and the baselines matched to it: faint
+            family = ("dpap_paper" if paper else "dpap") if method.startswith("dpap") else method
             marker, colour = markers[family]
+            alpha = 0.35 if paper and family != "dpap_paper" else 1.0
+            face = "white" if family == "dpap_paper" else colour  # DPAP's own ranking: hollow
             x = [100 * r["params_removed"] for r in rs]
             y = [r["accuracy"] for r in rs]
-            label = None if family in labelled else {"dpap": "DPAP"}.get(family, family)
-            labelled.add(family)
+            names = {"dpap": "DPAP (default ranking)", "dpap_paper": "DPAP, the paper's ranking (baselines: faint)"}
+            label = None if family in labelled or alpha < 1 else names.get(family, family)
+            if alpha == 1.0:
+                labelled.add(family)
             if statistics.fmean(y) < floor:
-                ax.plot(statistics.fmean(x), floor + 0.15, marker=marker, color=colour, ls="none", label=label)
+                ax.plot(statistics.fmean(x), floor + 0.15, marker=marker, color=colour, mfc=face, ls="none",
+                        label=label, alpha=alpha)
                 ax.annotate(f"{statistics.fmean(y):.1f}", (statistics.fmean(x), floor + 0.15), color=colour, fontsize=7,
                             xytext=(5, 2 + 9 * collapsed), textcoords="offset points")
                 collapsed += 1
                 continue
             ax.errorbar(statistics.fmean(x), statistics.fmean(y), yerr=statistics.stdev(y) if len(y) > 1 else 0,
-                        xerr=statistics.stdev(x) if len(x) > 1 else 0, fmt=marker, color=colour, capsize=3, label=label)
+                        xerr=statistics.stdev(x) if len(x) > 1 else 0, fmt=marker, color=colour, mfc=face,
+                        capsize=3, label=label, alpha=alpha)
         if dpap_means:
             ax.set_ylim(bottom=floor)
         ax.set_title(net)
