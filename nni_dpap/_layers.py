@@ -348,7 +348,9 @@ class LayerState:
             movement = state.get("movement")
             if not isinstance(movement, Tensor) or movement.shape != self.movement.shape:
                 raise ConfigError(f"DPAP state of {name!r} has no Movement score of shape "
-                                  f"{tuple(self.movement.shape)}: it was saved without unit_order='movement'")
+                                  f"{tuple(self.movement.shape)}: it was saved without unit_order='movement' "
+                                  "(with DPAP's own ranking, the default before 2026-12-07); resume it with the "
+                                  "ranking it was saved with: hparams={'unit_order': 'dpap'}")
             self.movement = movement.to(self.movement.device).float().clone()
         saved_time = state.get("time")
         if saved_time is not None:
