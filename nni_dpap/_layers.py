@@ -22,7 +22,7 @@ from .adapters import NeuronAdapter, find_adapter
 from .errors import ConfigError, ShapeError
 from .graph import LayerLink
 from .metrics import LayerStatistics, window_importance
-from .ordering import in_order_of, weight_times_grad
+from .ordering import in_order_of
 from .plasticity import developmental_value, reduce_spatial
 from .policy import DPAPConfig, SurvivalState
 from .slicing import KeptIndices, cut
@@ -247,7 +247,8 @@ class LayerState:
         """Add this optimizer step's Movement score (read from the weight's gradient) to ``movement``."""
         weight = self.weight
         if self.movement is not None and weight.grad is not None:
-            self.movement.sub_(self.per_synapse(weight_times_grad(weight, weight.grad)))
+            # movement_step in place: per_synapse sums w * dL/dw over kernel slices, sub_ adds its negative
+            self.movement.sub_(self.per_synapse(weight.detach() * weight.grad))
 
     def strength(self) -> Tensor:
         """``|w|`` of every synapse as ``[n_out, n_in]`` (summed over a kernel slice; 0 where groups forbid)."""

@@ -9,7 +9,7 @@ the unit with the k-th highest score gets the k-th highest of DPAP's values. A u
 sum of its weights' scores. How many units the rule removes, and when, stays DPAP's; which units go
 follows the loss gradient. ``benchmarks/README.md`` ("DPAP's levers") measures both halves apart.
 
-Pure PyTorch: the pruner subtracts :func:`weight_times_grad` from its score in an optimizer-step hook.
+Pure PyTorch: the pruner adds :func:`movement_step` to its score in an optimizer-step hook (in place).
 """
 
 from __future__ import annotations
@@ -17,17 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["movement_step", "weight_times_grad", "in_order_of"]
-
-
-def weight_times_grad(weight: Tensor, grad: Tensor) -> Tensor:
-    """``w * dL/dw``, summed over a kernel slice: ``[n_out, n_in / groups]`` (minus one step's Movement score).
-
-    The pruner subtracts it from the accumulated score in place (two operations per layer and
-    step, exactly ``score + movement_step(...)``: the hook runs before every optimizer step).
-    """
-    product = weight.detach() * grad.detach()
-    return product.flatten(2).sum(-1) if product.dim() > 2 else product
+__all__ = ["movement_step", "in_order_of"]
 
 
 def movement_step(weight: Tensor, grad: Tensor) -> Tensor:
@@ -36,7 +26,8 @@ def movement_step(weight: Tensor, grad: Tensor) -> Tensor:
     A weight that gradient descent pushes away from zero (``w`` and ``-dL/dw`` of one sign) scores
     positive, one pushed towards zero negative; a masked weight (held at zero) scores 0.
     """
-    return weight_times_grad(weight, grad).neg()
+    step = -(weight.detach() * grad.detach())
+    return step.flatten(2).sum(-1) if step.dim() > 2 else step
 
 
 def in_order_of(values: Tensor, score: Tensor, alive: Tensor) -> Tensor:
