@@ -9,11 +9,14 @@ the unit with the k-th highest score gets the k-th highest of DPAP's values. A u
 sum of its weights' scores. How many units the rule removes, and when, stays DPAP's; which units go
 follows the loss gradient. ``benchmarks/README.md`` ("DPAP's levers") measures both halves apart.
 
-Pure PyTorch: the pruner adds :func:`movement_step` to its score in an optimizer-step hook (in place).
+The pruner adds :func:`movement_step` to its score in an optimizer-step hook (in place). Handing the
+values out takes one sort of the scores and one of the values (NumPy's on the CPU, where it is faster than
+PyTorch's); only runs of tied scores are sorted again, by DPAP's own values.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,6 +31,49 @@ def movement_step(weight: Tensor, grad: Tensor) -> Tensor:
     """
     step = -(weight.detach() * grad.detach())
     return step.flatten(2).sum(-1) if step.dim() > 2 else step
+
+
+def _descending_order(key: Tensor) -> Tensor:
+    """Indices sorting ``key`` from its highest entry, ties in any order.
+
+    On the CPU NumPy's introsort (about 1.6x faster than ``torch.argsort`` for 100k floats on one thread:
+    the epoch end of every layer in the window sorts all of its alive synapses).
+    """
+    if key.device.type == "cpu":
+        return torch.from_numpy(np.argsort(-key.numpy()))
+    return key.argsort(descending=True)
+
+
+def _descending_values(values: Tensor) -> Tensor:
+    """``values`` sorted from the highest (NumPy's sort on the CPU: about 3x faster than ``torch.sort``)."""
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(np.sort(values.numpy())[::-1]))
+    return values.sort(descending=True).values
+
+
+def _ties_by_own_value(order: Tensor, ranked_key: Tensor, own: Tensor) -> Tensor:
+    """``order`` (by descending score) with each run of tied scores re-ordered by descending ``own``, then index.
+
+    Only the tied entries are sorted again (a few among 100k float scores; all of them before the first
+    optimizer step), so the whole costs one unstable sort instead of two stable ones.
+    """
+    same = ranked_key[1:] == ranked_key[:-1]
+    if not bool(same.any()):
+        return order
+    tied = torch.zeros(order.numel(), dtype=torch.bool, device=order.device)
+    tied[1:] |= same
+    tied[:-1] |= same
+    run = torch.cat([same.new_ones(1), ~same]).cumsum(0)  # the run of equal scores each position is in
+    positions = tied.nonzero().squeeze(1)
+    members, runs = order[positions], run[positions]
+    perm = members.argsort()  # by index first (alive entries are numbered in index order; no two are equal)
+    members, runs = members[perm], runs[perm]
+    perm = own[members].argsort(descending=True, stable=True)  # then by descending own value
+    members, runs = members[perm], runs[perm]
+    members = members[runs.argsort(stable=True)]  # and grouped by run, which comes first
+    order = order.clone()
+    order[positions] = members  # each run's positions get its members, in the new order
+    return order
 
 
 def in_order_of(values: Tensor, score: Tensor, alive: Tensor) -> Tensor:
@@ -58,9 +104,9 @@ def in_order_of(values: Tensor, score: Tensor, alive: Tensor) -> Tensor:
     if index.numel() < 2:
         return values.clone()
     own = values.reshape(-1)[index]
-    by_value = own.argsort(descending=True, stable=True)  # ties in score are broken by DPAP's own order
-    ranked = own[by_value]
-    order = score.reshape(-1)[index][by_value].to(values.device).argsort(descending=True, stable=True)
-    handed = torch.empty_like(ranked)
-    handed[order] = ranked  # the entry with the k-th highest score gets the k-th highest value
-    return values.reshape(-1).index_copy(0, index[by_value], handed).view_as(values)
+    key = score.reshape(-1)[index].to(values.device)
+    order = _descending_order(key)
+    order = _ties_by_own_value(order, key[order], own)
+    handed_out = values.reshape(-1).clone()
+    handed_out[index[order]] = _descending_values(own)  # the k-th in ``order`` gets the k-th highest value
+    return handed_out.view_as(values)

@@ -41,6 +41,29 @@ def test_a_matrix_keeps_its_shape_and_ties_keep_dpaps_own_order():
     assert_close(single, values)  # one alive entry: nothing to hand out
 
 
+def _reference(values: torch.Tensor, score: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """The rule spelled out: alive entries by score (ties: higher own value, then lower index) get the values
+    from the highest down."""
+    flat_v, flat_s, flat_a = values.flatten().tolist(), score.flatten().tolist(), alive.flatten().tolist()
+    taking = sorted((i for i, a in enumerate(flat_a) if a), key=lambda i: (-flat_s[i], -flat_v[i], i))
+    out = list(flat_v)
+    for i, v in zip(taking, sorted((flat_v[i] for i in taking), reverse=True)):
+        out[i] = v
+    return torch.tensor(out).view_as(values)
+
+
+@pytest.mark.parametrize("tied_scores", [False, True])
+def test_every_path_hands_out_the_values_as_the_rule_says(tied_scores: bool):
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        values = torch.randint(0, 6, (30, 40), generator=generator).float() / 5  # many equal values
+        score = torch.randn(30, 40, generator=generator)
+        if tied_scores:  # the stable path: some scores tied
+            score = (score * 2).round()
+        alive = torch.rand(30, 40, generator=generator) < 0.7
+        assert_close(in_order_of(values, score, alive), _reference(values, score, alive))
+
+
 def test_shapes_must_agree():
     with pytest.raises(ValueError, match="one shape"):
         in_order_of(torch.zeros(3), torch.zeros(4), torch.ones(3, dtype=torch.bool))
