@@ -33,20 +33,25 @@ def movement_step(weight: Tensor, grad: Tensor) -> Tensor:
     return step.flatten(2).sum(-1) if step.dim() > 2 else step
 
 
+def _numpy_sorts(tensor: Tensor) -> bool:
+    """Sort ``tensor`` with NumPy (on the CPU) rather than PyTorch (elsewhere)."""
+    return tensor.device.type == "cpu"
+
+
 def _descending_order(key: Tensor) -> Tensor:
     """Indices sorting ``key`` from its highest entry, ties in any order.
 
     On the CPU NumPy's introsort (about 1.6x faster than ``torch.argsort`` for 100k floats on one thread:
     the epoch end of every layer in the window sorts all of its alive synapses).
     """
-    if key.device.type == "cpu":
+    if _numpy_sorts(key):
         return torch.from_numpy(np.argsort(-key.numpy()))
     return key.argsort(descending=True)
 
 
 def _descending_values(values: Tensor) -> Tensor:
     """``values`` sorted from the highest (NumPy's sort on the CPU: about 3x faster than ``torch.sort``)."""
-    if values.device.type == "cpu":
+    if _numpy_sorts(values):
         return torch.from_numpy(np.ascontiguousarray(np.sort(values.numpy())[::-1]))
     return values.sort(descending=True).values
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import assert_close
+from nni_dpap import ordering
 from nni_dpap.ordering import in_order_of, movement_step
 
 
@@ -52,8 +53,10 @@ def _reference(values: torch.Tensor, score: torch.Tensor, alive: torch.Tensor) -
     return torch.tensor(out).view_as(values)
 
 
+@pytest.mark.parametrize("numpy_sorts", [True, False])  # False: PyTorch's sorts, as on a GPU
 @pytest.mark.parametrize("tied_scores", [False, True])
-def test_every_path_hands_out_the_values_as_the_rule_says(tied_scores: bool):
+def test_every_path_hands_out_the_values_as_the_rule_says(tied_scores: bool, numpy_sorts: bool, monkeypatch):
+    monkeypatch.setattr(ordering, "_numpy_sorts", lambda tensor: numpy_sorts)
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):
         values = torch.randint(0, 6, (30, 40), generator=generator).float() / 5  # many equal values
