@@ -1,4 +1,4 @@
-"""The READMEs: every link to a section resolves, and the frontier shown is the one measured."""
+"""The READMEs: every linked file and section exists, and the frontier shown is the one measured."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def test_every_section_link_resolves(doc: str):
         if not linked.exists() or anchor not in _anchors(linked):
             broken.append(f"{target}#{anchor}")
     assert not broken, f"{doc} links to sections that do not exist: {broken}"
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_linked_file_exists(doc: str):
+    path = ROOT / doc
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)", path.read_text(encoding="utf-8"))
+    missing = sorted({t for t in targets if "://" not in t and not (path.parent / t).exists()})
+    assert not missing, f"{doc} links to files that do not exist: {missing}"
 
 
 def test_the_readme_shows_the_measured_frontier():
