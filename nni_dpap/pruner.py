@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from nni.compression.base.compressor import Pruner
@@ -32,7 +32,7 @@ from ._validate import check_int
 from .adapters import find_adapter
 from .distributed import ddp_prefix, strip_prefix, sum_over_ranks
 from .errors import ConfigError, TrainingError
-from .graph import LayerLink
+from .graph import GraphInfo, LayerLink
 from .policy import DPAPConfig
 from .policy.defaults import configuration
 from .report import record_epoch, time_sparsity
@@ -44,6 +44,22 @@ __all__ = ["DPAPPruner"]
 
 _logger = logging.getLogger(__name__)
 _METRICS = dict[str, dict[str, Tensor]]
+
+
+def _layers_for(config: DPAPConfig, ann_config: Callable[[], DPAPConfig], model: nn.Module,
+                config_list: list[dict[str, Any]], **trace: Any) -> tuple[DPAPConfig, GraphInfo, bool]:
+    """The configuration, the layers it prunes in ``model`` and whether a spiking neuron follows any of them.
+
+    An ANN gets ``ann_config()`` (its own calibration); its layers are chosen again if that calibration
+    decides the first conv otherwise (they were chosen before the kind of network was known).
+    """
+    info = resolve_links(model, config_list, prune_first_conv=config.prune_first_conv, **trace)
+    if any(link.spiking for link in info.links.values()):
+        return config, info, True
+    ann = ann_config()
+    if ann.prune_first_conv != config.prune_first_conv:
+        info = resolve_links(model, config_list, prune_first_conv=ann.prune_first_conv, **trace)
+    return ann, info, False
 
 class DPAPPruner(Pruner):
     r"""Developmental Plasticity-inspired Adaptive Pruning (DPAP).
@@ -124,11 +140,9 @@ class DPAPPruner(Pruner):
         self._dummy_input = dummy_input if dummy_input is not None else getattr(evaluator, "dummy_input", None)
         self.shrink_every = check_shrinking(model, shrink_every, self._dummy_input)
         self._leaf_modules, self._concrete_args, self.temporal = tuple(leaf_modules), concrete_args, bool(temporal)
-        info = resolve_links(model, config_list, temporal=self.temporal, leaf_modules=leaf_modules,
-                             concrete_args=concrete_args, neuron_map=neuron_map,
-                             prune_first_conv=self.dpap_config.prune_first_conv)
-        if not (spiking := any(link.spiking for link in info.links.values())):  # an ANN: its own calibration
-            self.dpap_config = configuration(preset, hparams, self.epochs, spiking=False)  # (same prune_first_conv)
+        self.dpap_config, info, spiking = _layers_for(
+            self.dpap_config, lambda: configuration(preset, hparams, self.epochs, spiking=False), model, config_list,
+            temporal=self.temporal, leaf_modules=leaf_modules, concrete_args=concrete_args, neuron_map=neuron_map)
         self._prefix, self.spiking = ddp_prefix(model), spiking  # (spiking: whether a neuron follows a layer)
         self.output_layers: tuple[str, ...] = info.output_layers
         norms = sorted({bn for link in info.links.values() for bn in link.norms})

@@ -60,6 +60,18 @@ def test_an_ann_gets_the_ann_calibration_from_the_api_and_the_cli(tiny_ann, tiny
     assert default_hparams(30, "paper", spiking=False) == default_hparams(30, "paper")
 
 
+def test_an_ann_calibration_may_choose_the_first_conv(tiny_ann, tiny_snn, digits, monkeypatch):
+    """The layers are chosen before the pruner knows the net is an ANN: a calibration that prunes the first
+    conv must still get it (the library's calibration leaves it alone, as for SNNs)."""
+    assert "conv" not in _pruner(type(tiny_ann)(), digits[0]).layer_states
+    monkeypatch.setitem(ANN_CALIBRATIONS["braincog"], "prune_first_conv", True)
+    pruner = _pruner(tiny_ann, digits[0])
+    assert pruner.dpap_config.prune_first_conv and "conv" in pruner.layer_states
+    assert "conv" not in _pruner(tiny_snn, digits[0]).layer_states  # an SNN keeps its own calibration
+    no = _pruner(type(tiny_ann)(), digits[0], hparams={"prune_first_conv": False})  # the user's word comes last
+    assert not no.dpap_config.prune_first_conv and "conv" not in no.layer_states
+
+
 def test_hparams_override_single_defaults_and_a_config_is_taken_as_given(tiny_snn, digits):
     config = _pruner(tiny_snn, digits[0], hparams={"conv_eps": 0.9}).dpap_config
     assert config.conv.eps == 0.9 and config.linear.eps == default_hparams(30)["linear_eps"]

@@ -74,6 +74,7 @@ CALIBRATIONS: dict[str, dict[str, Any]] = {
 }
 
 #: Overrides of each preset's calibration for ANNs (no spiking neuron after any pruned layer); evidence above.
+#: (``prune_first_conv`` may be among them: the pruner chooses the layers again once it knows the net is an ANN.)
 ANN_CALIBRATIONS: dict[str, dict[str, Any]] = {
     "braincog": {"prune_linear_neurons": False, "conv_eps": 1.2, "conv_stop_epoch": 0.6, "linear_stop_epoch": 0.6},
     "paper": {},  # (not calibrated for ANNs: the paper preset keeps its one calibration)
