@@ -247,7 +247,7 @@ class LayerState:
         """Add this optimizer step's Movement score (read from the weight's gradient) to ``movement``."""
         weight = self.weight
         if self.movement is not None and weight.grad is not None:
-            # movement_step in place: per_synapse sums w * dL/dw over kernel slices, sub_ adds its negative
+            # the step's score -w * dL/dw, summed over each kernel slice by per_synapse, added in place
             self.movement.sub_(self.per_synapse(weight.detach() * weight.grad))
 
     def strength(self) -> Tensor:

@@ -9,7 +9,8 @@ the unit with the k-th highest score gets the k-th highest of DPAP's values. A u
 sum of its weights' scores. How many units the rule removes, and when, stays DPAP's; which units go
 follows the loss gradient. ``benchmarks/README.md`` ("DPAP's levers") measures both halves apart.
 
-The pruner adds :func:`movement_step` to its score in an optimizer-step hook (in place). Handing the
+The score is kept per layer (``LayerState.movement``, ``[n_out, n_in]``, a kernel slice summed): an
+optimizer-step hook subtracts ``w * dL/dw`` before each step (``LayerState.add_movement``). Handing the
 values out takes one sort of the scores and one of the values (NumPy's on the CPU, where it is faster than
 PyTorch's); only runs of tied scores are sorted again, by DPAP's own values.
 """
@@ -20,17 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["movement_step", "in_order_of"]
-
-
-def movement_step(weight: Tensor, grad: Tensor) -> Tensor:
-    """One optimizer step's Movement score ``-w * dL/dw``, summed over a kernel slice: ``[n_out, n_in / groups]``.
-
-    A weight that gradient descent pushes away from zero (``w`` and ``-dL/dw`` of one sign) scores
-    positive, one pushed towards zero negative; a masked weight (held at zero) scores 0.
-    """
-    step = -(weight.detach() * grad.detach())
-    return step.flatten(2).sum(-1) if step.dim() > 2 else step
+__all__ = ["in_order_of"]
 
 
 def _numpy_sorts(tensor: Tensor) -> bool:

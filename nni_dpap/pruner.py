@@ -61,6 +61,7 @@ def _layers_for(config: DPAPConfig, ann_config: Callable[[], DPAPConfig], model:
         info = resolve_links(model, config_list, prune_first_conv=ann.prune_first_conv, **trace)
     return ann, info, False
 
+
 class DPAPPruner(Pruner):
     r"""Developmental Plasticity-inspired Adaptive Pruning (DPAP).
 

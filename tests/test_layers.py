@@ -225,6 +225,23 @@ def test_movement_order_hands_dpaps_values_out_by_the_accumulated_score():
     assert_close(ordered["synapse"], torch.tensor([[4.0, 3.0], [1.0, 2.0], [5.0, 6.0]]))
 
 
+def test_movement_score_of_a_conv_layer_sums_each_kernel_slice():
+    torch.manual_seed(0)
+    modules = {"layer": nn.Conv2d(2, 2, 3), "sn": nn.ReLU()}
+    link = LayerLink("layer", "conv", "sn", False, (Readout("sn", None),))
+    state = LayerState.build(link, modules, get_preset(CONFIG, unit_order="movement"), False, torch.device("cpu"))
+    weight = state.weight
+    with torch.no_grad():
+        weight.copy_(torch.arange(36.0).view(2, 2, 3, 3) - 10.0)
+        weight[1, 0] = 0.0  # a zero weight scores 0
+    weight.grad = torch.full((2, 2, 3, 3), -0.1)
+    state.add_movement()
+    assert state.movement is not None
+    expected = 0.1 * weight.detach().flatten(2).sum(-1)  # -w * dL/dw, summed over each (out, in) slice
+    assert_close(state.movement, expected)
+    assert float(state.movement[1, 0]) == 0.0
+
+
 def test_movement_score_follows_a_shrink_and_a_checkpoint():
     moved, plain = _movement_pair()
     assert moved.movement is not None

@@ -1,4 +1,4 @@
-"""Movement's order for DPAP's importance values: the score of one step, and the values handed out by it."""
+"""Movement's order for DPAP's importance values: the values handed out by the score."""
 
 from __future__ import annotations
 
@@ -7,16 +7,7 @@ import torch
 
 from helpers import assert_close
 from nni_dpap import ordering
-from nni_dpap.ordering import in_order_of, movement_step
-
-
-def test_movement_step_is_minus_weight_times_gradient_summed_over_a_kernel():
-    weight = torch.tensor([[1.0, -2.0], [0.0, 3.0]])
-    grad = torch.tensor([[0.5, 0.5], [4.0, -1.0]])
-    assert_close(movement_step(weight, grad), torch.tensor([[-0.5, 1.0], [0.0, 3.0]]))  # a zero weight scores 0
-    conv_w = torch.arange(36.0).view(2, 2, 3, 3) - 10.0
-    conv_g = torch.full((2, 2, 3, 3), -0.1)
-    assert_close(movement_step(conv_w, conv_g), 0.1 * conv_w.flatten(2).sum(-1))
+from nni_dpap.ordering import in_order_of
 
 
 def test_values_are_handed_out_in_the_order_of_the_score():
