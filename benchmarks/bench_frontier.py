@@ -44,6 +44,11 @@ where it stopped), then ``frontier.json``, ``frontier.md`` and ``frontier.png``.
     python benchmarks/bench_frontier.py                      # all nets, 10 seeds (about 8.5 hours on 2 cores)
     python benchmarks/bench_frontier.py --seeds 0 1 2 3 4    # 5 seeds (about 4.3 hours)
     python benchmarks/bench_frontier.py --nets digits_snn --seeds 0 1
+    python benchmarks/bench_frontier.py --core --results-dir results/core   # the quality issue's frontier
+
+``--core`` is the frontier the quality issue asks for: the library's ranking at every point (no
+``paper_order_*``), the three NNI baselines it names (``l1_finetune``, ``taylor``, ``movement``, single
+weights), seeds 0-4 (about 1.5 hours on one core). ``--points`` and ``--baselines`` choose by name.
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ MATCH_FROM = 0.70  # baselines are matched where DPAP removes at least this much
 #: (``*_mixed``: conv layers by whole channels, FC layers by single weights)
 BASELINES = ("l1_finetune", "taylor", "movement", "l1_channel", "taylor_channel", "movement_channel",
              "l1_mixed", "taylor_mixed", "movement_mixed")
+#: ``--core``: the quality issue's frontier (its three baselines, 5 seeds, the library's ranking only)
+CORE_BASELINES = ("l1_finetune", "taylor", "movement")
+CORE_SEEDS = (0, 1, 2, 3, 4)
 
 
 def granularity_of(method: str) -> str:
@@ -408,9 +416,20 @@ def _record(name: str, method: str, point: str, seed: int, model: nn.Module, acc
             "accuracy_curve": accuracies}
 
 
+def selected_points(net: Net, names: list[str] | None, paper_order: bool = True) -> dict[str, dict[str, Any]]:
+    """``net``'s operating points named in ``names`` (all when ``None``), without ``paper_order*`` if not wanted."""
+    return {point: hparams for point, hparams in net.points.items()
+            if (names is None or point in names) and (paper_order or not point.startswith("paper_order"))}
+
+
 def run_seed(name: str, net: Net, seed: int, device: torch.device, quick: bool, records: list[dict[str, Any]],
-             write: Callable[[dict[str, Any]], None]) -> None:
-    """Every run of ``net`` for ``seed`` that ``records`` lacks (the dense run is redone when a baseline needs it)."""
+             write: Callable[[dict[str, Any]], None], points: dict[str, dict[str, Any]] | None = None,
+             baselines: tuple[str, ...] = BASELINES) -> None:
+    """Every run of ``net`` for ``seed`` that ``records`` lacks (the dense run is redone when a baseline needs it).
+
+    ``points`` (default: all of ``net.points``) are the DPAP operating points to run, ``baselines`` the
+    NNI baselines matched to each of them.
+    """
     run = Seed(name, net, seed, device, quick)
     have = {(r["method"], r["point"]): r for r in records if r["net"] == name and r["seed"] == seed}
     dense: tuple[nn.Module, list[float], dict[str, Any]] | None = None
@@ -429,7 +448,7 @@ def run_seed(name: str, net: Net, seed: int, device: torch.device, quick: bool, 
     if ("dense", "-") not in have:
         dense_run()
     dense_best = max(have[("dense", "-")]["accuracy_curve"])
-    for point, hparams in net.points.items():
+    for point, hparams in (net.points if points is None else points).items():
         record = have.get((f"dpap_{point}", point))
         if record is None:
             start = time.perf_counter()
@@ -440,7 +459,7 @@ def run_seed(name: str, net: Net, seed: int, device: torch.device, quick: bool, 
         if not quick and (record["params_removed"] < MATCH_FROM or (net.match is not None and point not in net.match)):
             continue
         target = record["layers"]
-        for method in BASELINES:
+        for method in baselines:
             if (method, point) in have:
                 continue
             granularity = granularity_of(method)
@@ -638,10 +657,22 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
-    p.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0-9 (0-4 with --core)")
+    p.add_argument("--points", nargs="+", default=None, metavar="POINT",
+                   help="DPAP's operating points to run (default: every point of each net)")
+    p.add_argument("--baselines", nargs="+", default=None, choices=list(BASELINES),
+                   help="NNI baselines matched to each point (default: all nine; three with --core)")
+    p.add_argument("--core", action="store_true",
+                   help="the quality issue's frontier: the library's ranking only, L1 + FT, Taylor and Movement "
+                        "on single weights, seeds 0-4")
     p.add_argument("--summary-only", action="store_true",
                    help="only summarise the records already in frontier.jsonl (after an interrupted run)")
     args = p.parse_args()
+    known = {point for net in args.nets for point in NETS[net].points}
+    if args.points is not None and (unknown := sorted(set(args.points) - known)):
+        p.error(f"--points: {unknown} are not operating points of {args.nets}; choose from {sorted(known)}")
+    seeds = args.seeds if args.seeds is not None else list(CORE_SEEDS if args.core else range(10))
+    baselines = tuple(args.baselines) if args.baselines is not None else (CORE_BASELINES if args.core else BASELINES)
     device = setup(args)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
@@ -657,8 +688,9 @@ def main() -> None:
               f"{record['accuracy_final']:.2f}%), {record['seconds']:.0f} s", flush=True)
 
     for name in args.nets if not args.summary_only else []:
-        for seed in args.seeds:
-            run_seed(name, NETS[name], seed, device, args.quick, records, write)
+        points = selected_points(NETS[name], args.points, paper_order=not args.core)
+        for seed in seeds:
+            run_seed(name, NETS[name], seed, device, args.quick, records, write, points, baselines)
     wanted = [r for r in records if r["net"] in args.nets]
     tables, summary = summarize(wanted)
     target_table, target = target_check(wanted)
