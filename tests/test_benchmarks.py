@@ -137,6 +137,67 @@ def test_frontier_mixed_granularity_matches_dpaps_structure():
     assert [frontier.granularity_of(m) for m in frontier.BASELINES] == ["weight"] * 3 + ["channel"] * 3 + ["mixed"] * 3
 
 
+def _frontier():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_frontier
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return bench_frontier
+
+
+def test_frontier_core_runs_the_issues_points_and_baselines_only(monkeypatch):
+    """``--core``: the library's ranking at every point (no ``paper_order*``), L1 + FT, Taylor and Movement."""
+    import torch
+
+    frontier = _frontier()
+    net = frontier.NETS["digits_ann"]
+    points = frontier.selected_points(net, None, paper_order=False)
+    assert list(points) == ["default", "syn_p95", "fc_eps2.5", "syn_p95_conv_eps1.5"]
+    assert points["fc_eps2.5"] == {"linear_eps": 2.5}
+    assert list(frontier.selected_points(net, ["syn_p95", "paper_order"])) == ["syn_p95", "paper_order"]
+
+    class FakeSeed:  # records which runs run_seed asks for, trains nothing
+        epochs = 4
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def dense(self):
+            return None, [0.5] * 4, {}
+
+        def dpap(self, hparams):
+            return None, [0.5] * 4
+
+        def movement(self, target, granularity):
+            assert granularity == "weight"
+            return None, [0.5] * 4
+
+        l1_finetune = taylor = lambda self, snapshot, target, granularity: (None, [0.5] * 2)
+
+    monkeypatch.setattr(frontier, "Seed", FakeSeed)
+    monkeypatch.setattr(frontier, "_record", lambda net_name, method, point, seed, model, accuracies, run, best,
+                        seconds: {"net": net_name, "method": method, "point": point, "seed": seed,
+                                  "params_removed": 0.9, "layers": {}, "accuracy_curve": accuracies})
+    records: list = []
+    frontier.run_seed("digits_ann", net, 3, torch.device("cpu"), False, records, records.append, points,
+                      frontier.CORE_BASELINES)
+    assert {(r["method"], r["point"]) for r in records} == {("dense", "-")} | {
+        (method, point) for point in points for method in (f"dpap_{point}", "l1_finetune", "taylor", "movement")}
+    assert frontier.CORE_SEEDS == (0, 1, 2, 3, 4)
+
+
+def test_frontier_refuses_an_unknown_point(monkeypatch, capsys, tmp_path):
+    frontier = _frontier()
+    monkeypatch.setattr(sys, "argv", ["bench_frontier.py", "--nets", "digits_ann", "--points", "p95_alive",
+                                      "--quick", "--seeds", "0", "--results-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exc:
+        frontier.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--points: ['p95_alive'] are not operating points of ['digits_ann']" in err and "syn_p95_conv_eps1.5" in err
+
+
 def test_frontier_mixed_l1_removes_dpaps_count_among_the_fed_weights():
     """L1 with DPAP's mix: the conv channels by L1 norm, then fc1's smallest weights among those still fed,
     so that fc1 loses exactly DPAP's count (the weights behind removed channels included)."""
