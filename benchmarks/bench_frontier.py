@@ -422,6 +422,24 @@ def selected_points(net: Net, names: list[str] | None, paper_order: bool = True)
             if (names is None or point in names) and (paper_order or not point.startswith("paper_order"))}
 
 
+def check_dense_reproduced(name: str, seed: int, recorded: list[float], rerun: list[float]) -> None:
+    """Refuse to pair new baselines with a dense record that this code no longer reproduces.
+
+    L1 and Taylor continue the dense run of their seed, which is redone when they need it; if it no
+    longer gives the recorded accuracy curve, the records were made with other code (e.g. other float
+    rounding in the spiking kernels) and a new baseline would be paired with a dense run it never saw.
+    """
+    if len(recorded) != len(rerun):
+        how = f"{len(recorded)} epochs recorded, {len(rerun)} run"
+    elif any(abs(a - b) > 1e-9 for a, b in zip(recorded, rerun)):
+        how = f"accuracy curves differ by up to {100 * max(abs(a - b) for a, b in zip(recorded, rerun)):.2f} points"
+    else:
+        return
+    raise SystemExit(f"{name} seed {seed}: the dense run no longer reproduces its record in frontier.jsonl ({how}): "
+                     "the records were made with other code. Run into a fresh --results-dir, or delete this net's "
+                     "records and run again")
+
+
 def run_seed(name: str, net: Net, seed: int, device: torch.device, quick: bool, records: list[dict[str, Any]],
              write: Callable[[dict[str, Any]], None], points: dict[str, dict[str, Any]] | None = None,
              baselines: tuple[str, ...] = BASELINES) -> None:
@@ -443,6 +461,8 @@ def run_seed(name: str, net: Net, seed: int, device: torch.device, quick: bool, 
                 have[("dense", "-")] = _record(name, "dense", "-", seed, dense[0], dense[1], run, max(dense[1]),
                                                time.perf_counter() - start)
                 write(have[("dense", "-")])
+            else:
+                check_dense_reproduced(name, seed, have[("dense", "-")]["accuracy_curve"], dense[1])
         return dense
 
     if ("dense", "-") not in have:

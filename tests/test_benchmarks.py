@@ -146,25 +146,17 @@ def _frontier():
     return bench_frontier
 
 
-def test_frontier_core_runs_the_issues_points_and_baselines_only(monkeypatch):
-    """``--core``: the library's ranking at every point (no ``paper_order*``), L1 + FT, Taylor and Movement."""
-    import torch
+def _fake_runs(monkeypatch, frontier, dense_curve=(0.5, 0.5, 0.5, 0.5)):
+    """``Seed`` and ``_record`` replaced: run_seed's choices are recorded, nothing is trained."""
 
-    frontier = _frontier()
-    net = frontier.NETS["digits_ann"]
-    points = frontier.selected_points(net, None, paper_order=False)
-    assert list(points) == ["default", "syn_p95", "fc_eps2.5", "syn_p95_conv_eps1.5"]
-    assert points["fc_eps2.5"] == {"linear_eps": 2.5}
-    assert list(frontier.selected_points(net, ["syn_p95", "paper_order"])) == ["syn_p95", "paper_order"]
-
-    class FakeSeed:  # records which runs run_seed asks for, trains nothing
+    class FakeSeed:
         epochs = 4
 
         def __init__(self, *args, **kwargs):
             pass
 
         def dense(self):
-            return None, [0.5] * 4, {}
+            return None, list(dense_curve), {}
 
         def dpap(self, hparams):
             return None, [0.5] * 4
@@ -179,12 +171,46 @@ def test_frontier_core_runs_the_issues_points_and_baselines_only(monkeypatch):
     monkeypatch.setattr(frontier, "_record", lambda net_name, method, point, seed, model, accuracies, run, best,
                         seconds: {"net": net_name, "method": method, "point": point, "seed": seed,
                                   "params_removed": 0.9, "layers": {}, "accuracy_curve": accuracies})
+
+
+def test_frontier_core_runs_the_issues_points_and_baselines_only(monkeypatch):
+    """``--core``: the library's ranking at every point (no ``paper_order*``), L1 + FT, Taylor and Movement."""
+    import torch
+
+    frontier = _frontier()
+    net = frontier.NETS["digits_ann"]
+    points = frontier.selected_points(net, None, paper_order=False)
+    assert list(points) == ["default", "syn_p95", "fc_eps2.5", "syn_p95_conv_eps1.5"]
+    assert points["fc_eps2.5"] == {"linear_eps": 2.5}
+    assert list(frontier.selected_points(net, ["syn_p95", "paper_order"])) == ["syn_p95", "paper_order"]
+
+    _fake_runs(monkeypatch, frontier)
     records: list = []
     frontier.run_seed("digits_ann", net, 3, torch.device("cpu"), False, records, records.append, points,
                       frontier.CORE_BASELINES)
     assert {(r["method"], r["point"]) for r in records} == {("dense", "-")} | {
         (method, point) for point in points for method in (f"dpap_{point}", "l1_finetune", "taylor", "movement")}
     assert frontier.CORE_SEEDS == (0, 1, 2, 3, 4)
+
+
+def test_frontier_refuses_a_dense_record_this_code_does_not_reproduce(monkeypatch):
+    """L1 and Taylor continue the dense run; a dense record made with other code must not be paired with them."""
+    import torch
+
+    frontier = _frontier()
+    net = frontier.NETS["digits_ann"]
+    points = frontier.selected_points(net, ["default"])
+    stale = {"net": "digits_ann", "method": "dense", "point": "-", "seed": 0, "accuracy_curve": [0.5, 0.5, 0.5, 0.6]}
+    _fake_runs(monkeypatch, frontier)
+    with pytest.raises(SystemExit, match="seed 0: the dense run no longer reproduces its record .* up to 10.00 points"):
+        frontier.run_seed("digits_ann", net, 0, torch.device("cpu"), False, [stale], lambda r: None, points, ("taylor",))
+    same = {**stale, "accuracy_curve": [0.5] * 4}
+    written: list = []
+    frontier.run_seed("digits_ann", net, 0, torch.device("cpu"), False, [same], written.append, points, ("taylor",))
+    assert [(r["method"], r["point"]) for r in written] == [("dpap_default", "default"), ("taylor", "default")]
+    frontier.check_dense_reproduced("digits_ann", 0, [0.5, 0.25], [0.5, 0.25 + 1e-12])  # rounding noise passes
+    with pytest.raises(SystemExit, match="2 epochs recorded, 1 run"):
+        frontier.check_dense_reproduced("digits_ann", 0, [0.5, 0.25], [0.5])  # a curve of another length
 
 
 def test_frontier_refuses_an_unknown_point(monkeypatch, capsys, tmp_path):
