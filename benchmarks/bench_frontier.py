@@ -679,7 +679,8 @@ def main() -> None:
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0-9 (0-4 with --core)")
     p.add_argument("--points", nargs="+", default=None, metavar="POINT",
-                   help="DPAP's operating points to run (default: every point of each net)")
+                   help="DPAP's operating points to run (default: every point of each net; with --core, those of "
+                        "the library's ranking)")
     p.add_argument("--baselines", nargs="+", default=None, choices=list(BASELINES),
                    help="NNI baselines matched to each point (default: all nine; three with --core)")
     p.add_argument("--core", action="store_true",
@@ -708,7 +709,7 @@ def main() -> None:
               f"{record['accuracy_final']:.2f}%), {record['seconds']:.0f} s", flush=True)
 
     for name in args.nets if not args.summary_only else []:
-        points = selected_points(NETS[name], args.points, paper_order=not args.core)
+        points = selected_points(NETS[name], args.points, paper_order=not args.core or args.points is not None)
         for seed in seeds:
             run_seed(name, NETS[name], seed, device, args.quick, records, write, points, baselines)
     wanted = [r for r in records if r["net"] in args.nets]
