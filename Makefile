@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-1thread test-all install clean lint bench ci
+.PHONY: demo test test-1thread test-all install clean lint bench bench-core ci
 
 install: $(STAMP)
 
@@ -49,3 +49,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_frontier.py
 	$(BIN)/python benchmarks/bench_controls.py
 	$(BIN)/python benchmarks/bench_controls.py --nets mnist5k_snn --controls magnitude@fc1.neurons magnitude@fc1.synapses magnitude@conv2
+
+# the quality issue's own frontier (the library's ranking at every point, L1 + fine-tuning, Taylor and Movement on
+# single weights, seeds 0-4): about 75 minutes on one core; results in benchmarks/results/core/
+bench-core: $(STAMP)
+	$(BIN)/python benchmarks/bench_frontier.py --core --results-dir benchmarks/results/core

@@ -44,11 +44,12 @@ where it stopped), then ``frontier.json``, ``frontier.md`` and ``frontier.png``.
     python benchmarks/bench_frontier.py                      # all nets, 10 seeds (about 8.5 hours on 2 cores)
     python benchmarks/bench_frontier.py --seeds 0 1 2 3 4    # 5 seeds (about 4.3 hours)
     python benchmarks/bench_frontier.py --nets digits_snn --seeds 0 1
-    python benchmarks/bench_frontier.py --core --results-dir results/core   # the quality issue's frontier
+    python benchmarks/bench_frontier.py --core --results-dir benchmarks/results/core   # the issue's frontier
 
 ``--core`` is the frontier the quality issue asks for: the library's ranking at every point (no
 ``paper_order_*``), the three NNI baselines it names (``l1_finetune``, ``taylor``, ``movement``, single
-weights), seeds 0-4 (about 1.5 hours on one core). ``--points`` and ``--baselines`` choose by name.
+weights), seeds 0-4 (about 75 minutes on one core; ``make bench-core``). ``--points`` and ``--baselines``
+choose by name. Resuming refuses a dense record that this code no longer reproduces (see ``check_dense_reproduced``).
 """
 
 from __future__ import annotations
