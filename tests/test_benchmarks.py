@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("script,name", [("bench_quality.py", "quality"), ("bench_speedup.py", "speedup"),
                                          ("bench_training_time.py", "training_time"),
                                          ("bench_overhead.py", "overhead"), ("bench_neurons.py", "neurons"),
-                                         ("bench_docs_client.py", "docs_client"), ("bench_controls.py", "controls")])
+                                         ("bench_docs_client.py", "docs_client"), ("bench_controls.py", "controls"),
+                                         ("bench_long_runs.py", "long_runs_quick")])
 def test_benchmark_script_quick_run(tmp_path, script, name):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--results-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
@@ -295,3 +296,26 @@ def test_frontier_target_check_pairs_seeds_and_separates_noise_from_a_real_gap()
     assert "library's ranking (unit_order='movement'): met at 1 of 3 matched (point, baseline) pairs, behind " \
            "beyond the 95% interval at 1;" in note
     assert "paper's ranking (paper_order*, unit_order='dpap'): met at 1 of 1 matched" in note
+
+
+def test_long_runs_pair_each_run_with_the_dense_run_of_its_seed_and_length():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_long_runs as long_runs
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def record(method, epochs, seed, accuracy, removed=0.9):
+        return {"net": "digits_snn", "method": method, "epochs_planned": epochs, "seed": seed, "accuracy": accuracy,
+                "params_removed": 0.0 if method == "dense" else removed}
+
+    records = [record("dense", 100, 0, 98.0), record("dense", 100, 1, 97.0), record("dense", 300, 0, 99.0),
+               record("dpap_braincog", 100, 0, 97.5, 0.90), record("dpap_braincog", 100, 1, 97.5, 0.88),
+               record("dpap_braincog", 300, 0, 98.0, 0.91)]
+    table, rows = long_runs.summarize(records)
+    by = {(r["epochs"], r["method"]): r for r in rows}
+    assert by[(100, "dpap_braincog")]["vs_dense_mean"] == pytest.approx(0.0, abs=1e-9)  # -0.5 and +0.5
+    assert by[(300, "dpap_braincog")]["vs_dense_mean"] == pytest.approx(-1.0, abs=1e-9)
+    assert by[(100, "dpap_braincog")]["params_removed_mean"] == pytest.approx(0.89, abs=1e-9)
+    assert "89.0 (88.0-90.0)" in table and "+0.00 ± 0.71" in table
+
