@@ -38,7 +38,7 @@ lint: $(STAMP)
 # what CI runs (.ci/run): lint, the suite, the suite on one thread
 ci: lint test test-1thread
 
-# benchmarks (not part of `make test`): about 10.5 hours on 2 CPU cores (the frontier alone about 8.5 h: 10 seeds on every net; the controls about 65 minutes); results in benchmarks/results/
+# benchmarks (not part of `make test`): about 11 hours on 2 CPU cores (the frontier alone about 8.5 h: 10 seeds on every net; the controls about 65 minutes); results in benchmarks/results/
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_quality.py
 	$(BIN)/python benchmarks/bench_speedup.py
@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_overhead.py
 	$(BIN)/python benchmarks/bench_neurons.py
 	$(BIN)/python benchmarks/bench_docs_client.py
+	$(BIN)/python benchmarks/bench_long_runs.py
 	$(BIN)/python benchmarks/bench_frontier.py
 	$(BIN)/python benchmarks/bench_controls.py
 	$(BIN)/python benchmarks/bench_controls.py --nets mnist5k_snn --controls magnitude@fc1.neurons magnitude@fc1.synapses magnitude@conv2
