@@ -94,6 +94,27 @@ def save(name: str, args: argparse.Namespace, data: dict[str, Any], tables: Sequ
     print(f"\nwrote {results / name}.json and .md")
 
 
+class RecordLog:
+    """A resumable benchmark's records: one JSON line each in ``path``, appended as they are made.
+
+    ``records`` holds what an earlier, interrupted run wrote (nothing with ``fresh``, which empties the file).
+    """
+
+    def __init__(self, path: Path, fresh: bool = False) -> None:
+        self.path = path
+        if fresh:
+            path.write_text("")
+        self.records: list[dict[str, Any]] = \
+            [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def write(self, record: dict[str, Any], message: str) -> None:
+        """Keep ``record``, append it to the file and print ``message``."""
+        self.records.append(record)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        print(message, flush=True)
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -34,14 +34,13 @@ experiment, not a library feature). Records go to ``results/controls.jsonl`` as 
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from _common import parser, save, setup
+from _common import RecordLog, parser, save, setup
 from bench_frontier import NETS, Seed, _size
 from torch import Tensor
 
@@ -207,18 +206,12 @@ def main() -> None:
     device = setup(args)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    partial = results / ("controls_quick.jsonl" if args.quick else "controls.jsonl")
-    records = [] if args.fresh or not partial.exists() else \
-        [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
-    if args.fresh:
-        partial.write_text("")
+    log = RecordLog(results / ("controls_quick.jsonl" if args.quick else "controls.jsonl"), fresh=args.fresh)
+    records = log.records
 
     def write(record: dict[str, Any]) -> None:
-        records.append(record)
-        with partial.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"{record['net']} seed {record['seed']} {record['method']}: {100 * record['params_removed']:.1f}% "
-              f"removed, {record['accuracy']:.2f}%", flush=True)
+        log.write(record, f"{record['net']} seed {record['seed']} {record['method']}: "
+                          f"{100 * record['params_removed']:.1f}% removed, {record['accuracy']:.2f}%")
 
     for net in args.nets or (["digits_snn"] if args.quick else ["digits_snn", "mnist5k_snn"]):
         for seed in args.seeds if args.seeds is not None else [0] if args.quick else SEEDS[net]:

@@ -65,7 +65,7 @@ from typing import Any, Callable
 
 import nni
 import torch
-from _common import parser, save, setup
+from _common import RecordLog, parser, save, setup
 from nni.compression import TorchEvaluator
 from nni.compression.pruning import L1NormPruner, MovementPruner, TaylorPruner
 from torch import nn
@@ -267,14 +267,14 @@ class Seed:
                                                                              None, self.epochs - half)
         return model, accuracies, snapshot
 
-    def dpap(self, hparams: dict[str, Any]) -> tuple[nn.Module, list[float]]:
+    def dpap(self, hparams: dict[str, Any], preset: str = "braincog") -> tuple[nn.Module, list[float]]:
         model, accuracies = self._model(), []
         evaluator = TorchEvaluator(training_function(self.batches, 0, self._recorder(accuracies)),
                                    _adam(model, self.net.lr), classification_step)
         config = [{"op_types": ["Conv2d", "Linear"], **({"exclude_op_names": list(self.net.exclude)}
                                                           if self.net.exclude else {})}]
         pruner = DPAPPruner(model, config, evaluator, epochs=self.epochs, steps_per_epoch=self.batches.steps,
-                            hparams=hparams)  # over the library's defaults for these epochs
+                            preset=preset, hparams=hparams)  # over the library's defaults for these epochs
         model, _ = pruner.compress()
         pruner.unwrap_model()
         return model, accuracies
@@ -698,16 +698,13 @@ def main() -> None:
     device = setup(args)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    log = results / ("frontier_quick.jsonl" if args.quick else "frontier.jsonl")
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    log = RecordLog(results / ("frontier_quick.jsonl" if args.quick else "frontier.jsonl"))
+    records = log.records
 
     def write(record: dict[str, Any]) -> None:
-        records.append(record)
-        with open(log, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        print(f"{record['net']} seed {record['seed']} {record['method']} ({record['point']}): removed "
-              f"{100 * record['params_removed']:.1f}%, accuracy {record['accuracy']:.2f}% (final "
-              f"{record['accuracy_final']:.2f}%), {record['seconds']:.0f} s", flush=True)
+        log.write(record, f"{record['net']} seed {record['seed']} {record['method']} ({record['point']}): removed "
+                  f"{100 * record['params_removed']:.1f}%, accuracy {record['accuracy']:.2f}% (final "
+                  f"{record['accuracy_final']:.2f}%), {record['seconds']:.0f} s")
 
     for name in args.nets if not args.summary_only else []:
         points = selected_points(NETS[name], args.points, paper_order=not args.core or args.points is not None)

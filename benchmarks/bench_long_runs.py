@@ -18,37 +18,22 @@ Records go to ``results/long_runs.jsonl`` as they are made (an interrupted run r
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from _common import parser, save, setup
-from bench_frontier import NETS, Seed, _adam, _record, training_function
-from nni.compression import TorchEvaluator
+from _common import RecordLog, parser, save, setup
+from bench_frontier import NETS, Seed, _record
 
-from nni_dpap import DPAPPruner
 from nni_dpap.report import format_table
-from nni_dpap.training import classification_step
 
 PRESETS = ("braincog", "paper")
 
 
-def dpap_run(run: Seed, preset: str) -> tuple[torch.nn.Module, list[float]]:
-    """DPAP with ``preset`` and the library's defaults for the run's epochs (``Seed.dpap`` with a preset)."""
-    model, accuracies = run._model(), []
-    evaluator = TorchEvaluator(training_function(run.batches, 0, run._recorder(accuracies)),
-                               _adam(model, run.net.lr), classification_step)
-    pruner = DPAPPruner(model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, epochs=run.epochs,
-                        steps_per_epoch=run.batches.steps, preset=preset)
-    model, _ = pruner.compress()
-    pruner.unwrap_model()
-    return model, accuracies
-
-
-def run_all(name: str, epochs: int, seed: int, quick: bool, have: set[tuple[Any, ...]], write: Any) -> None:
+def run_all(name: str, epochs: int, seed: int, quick: bool, have: set[tuple[Any, ...]],
+            write: Callable[[dict[str, Any]], None]) -> None:
     """The dense run and one DPAP run per preset of ``name`` for ``epochs`` and ``seed`` that ``have`` lacks."""
     if all((name, epochs, seed, method) in have for method in ("dense", *(f"dpap_{p}" for p in PRESETS))):
         return
@@ -64,7 +49,7 @@ def run_all(name: str, epochs: int, seed: int, quick: bool, have: set[tuple[Any,
     for preset in PRESETS:
         if (name, epochs, seed, f"dpap_{preset}") not in have:
             start = time.perf_counter()
-            model, accuracies = dpap_run(run, preset)
+            model, accuracies = run.dpap({}, preset)  # the library's defaults for the run's epochs
             write({**_record(name, f"dpap_{preset}", preset, seed, model, accuracies, run, best,
                              time.perf_counter() - start), "epochs_planned": epochs})
 
@@ -106,18 +91,15 @@ def main() -> None:
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     name = "long_runs_quick" if args.quick else "long_runs"
-    log = results / f"{name}.jsonl"
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    log = RecordLog(results / f"{name}.jsonl")
+    records = log.records
     have = {(r["net"], r["epochs_planned"], r["seed"], r["method"]) for r in records}
 
     def write(record: dict[str, Any]) -> None:
-        records.append(record)
         have.add((record["net"], record["epochs_planned"], record["seed"], record["method"]))
-        with open(log, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        print(f"{record['net']} {record['epochs_planned']} epochs seed {record['seed']} {record['method']}: removed "
-              f"{100 * record['params_removed']:.1f}%, accuracy {record['accuracy']:.2f}%, "
-              f"{record['seconds']:.0f} s", flush=True)
+        log.write(record, f"{record['net']} {record['epochs_planned']} epochs seed {record['seed']} "
+                          f"{record['method']}: removed {100 * record['params_removed']:.1f}%, accuracy "
+                          f"{record['accuracy']:.2f}%, {record['seconds']:.0f} s")
 
     for net in args.nets if not args.summary_only else []:
         for epochs in args.epochs:

@@ -319,3 +319,22 @@ def test_long_runs_pair_each_run_with_the_dense_run_of_its_seed_and_length():
     assert by[(100, "dpap_braincog")]["params_removed_mean"] == pytest.approx(0.89, abs=1e-9)
     assert "89.0 (88.0-90.0)" in table and "+0.00 ± 0.71" in table
 
+
+
+def test_a_record_log_resumes_and_starts_afresh_when_asked(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from _common import RecordLog
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    path = tmp_path / "runs.jsonl"
+    log = RecordLog(path)
+    assert log.records == []
+    log.write({"seed": 0, "accuracy": 97.5}, "seed 0 done")
+    log.write({"seed": 1, "accuracy": 98.0}, "seed 1 done")
+    assert capsys.readouterr().out == "seed 0 done\nseed 1 done\n"
+    resumed = RecordLog(path)  # an interrupted run starts again: it finds both records
+    assert resumed.records == [{"seed": 0, "accuracy": 97.5}, {"seed": 1, "accuracy": 98.0}]
+    resumed.write({"seed": 2, "accuracy": 96.0}, "seed 2 done")
+    assert len(RecordLog(path).records) == 3
+    assert RecordLog(path, fresh=True).records == [] and path.read_text() == ""
